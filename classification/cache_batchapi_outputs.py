@@ -1,0 +1,58 @@
+"""Cache MegaDetector results for a dataset in the detector output cache.
+
+Merges a MegaDetector output JSON (``--format detections``: what a local run of
+MegaDetector writes) into ``<cache dir>/v<version>/<dataset>.json``. Results for
+images already cached are replaced; other cached images are kept. Image paths
+must be relative to the dataset root (a leading ``<dataset>/`` is removed).
+The hosted Batch API is gone, so its ``response`` documents are not accepted.
+
+Example:
+    python -m classification.cache_batchapi_outputs detections.json \
+        --format detections --dataset caltech \
+        --detector-output-cache-dir mdcache --detector-version 5a
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+from classification import utils
+from detection.detector_output import check_document, detector_name, merge_into_cache
+
+logger = logging.getLogger(__name__)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = utils.make_parser(__doc__)
+    parser.add_argument('json_file', help="MegaDetector output JSON, or '-'")
+    parser.add_argument('-f', '--format', choices=['detections'], required=True,
+                        help='kind of input file: detections = MegaDetector output JSON')
+    parser.add_argument('-d', '--dataset', required=True, help='dataset name')
+    parser.add_argument('-c', '--detector-output-cache-dir', required=True,
+                        help='the detector output cache folder (mdcache)')
+    parser.add_argument('-v', '--detector-version',
+                        help='MegaDetector version, e.g. 5a (default: from info.detector)')
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    utils.setup_logging()
+    doc = check_document(utils.read_json(args.json_file), args.json_file)
+    version = args.detector_version
+    if version is None:
+        name = detector_name(doc)
+        if name is None:
+            raise utils.InputError(f'{args.json_file}: no info.detector; pass '
+                                   '--detector-version')
+        version = utils.detector_version_from_name(name)
+    utils.check_detector_version(version)
+    n_new, n_total = merge_into_cache(args.detector_output_cache_dir, version, args.dataset, doc)
+    logger.info('%s: cached %d images (now %d) for MegaDetector v%s', args.dataset, n_new,
+                n_total, version)
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(utils.run_cli(main))

@@ -1,0 +1,279 @@
+"""Build the classification dataset CSV, the label index and location-based splits.
+
+--mode csv: every crop on disk of an image in queried_images.json becomes one
+row: ground-truth crops with confidence 1.0, detector crops (from the cache)
+whose confidence is at least --threshold. Labels seen at fewer than --min-locs
+locations are dropped.
+--mode splits: assigns every (dataset, location) to train, val or test so
+that each label's crops and locations are split close to --val-frac and
+--test-frac. ``random`` scores --num-trials random assignments at once (array
+operations, seeded); ``smallest_first`` fills test, then val, then train,
+starting from the rarest label and its smallest locations.
+
+Example:
+    python -m classification.create_classification_dataset run1 \
+        --mode csv splits --queried-images-json run1/queried_images.json \
+        --cropped-images-dir crops --detector-output-cache-dir mdcache \
+        --detector-version 5a --threshold 0.8 --min-locs 3 \
+        --val-frac 0.2 --test-frac 0.2 --method random
+
+Writes into output_dir:
+    classification_ds.csv   path, dataset, location, dataset_class, confidence, label
+    label_index.json        {"0": "label_a", ...}, labels in sorted order
+    splits.json             {"train": [[dataset, location], ...], "val": [...], "test": [...]}
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from classification import utils
+from detection.detector_output import load_cache
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ('train', 'val', 'test')
+CSV_NAME = 'classification_ds.csv'
+CSV_COLUMNS = ['path', 'dataset', 'location', 'dataset_class', 'confidence', 'label']
+
+
+def build_dataset_csv(queried: Mapping[str, Mapping[str, Any]], crops_dir: str,
+                      cache_dir: str | None, version: str | None, threshold: float
+                      ) -> pd.DataFrame:
+    """One row per existing crop of a queried image."""
+    rows: list[tuple[str, str, str, str, float, str]] = []
+    caches: dict[str, dict[str, Any]] = {}
+    crops_root = Path(crops_dir)
+    for key in sorted(queried):
+        entry = queried[key]
+        ds = entry['dataset']
+        label = ','.join(entry['label'])
+        location = str(entry.get('location', 'unknown_location'))
+        candidates: list[tuple[str, float]] = []
+        if entry.get('bbox'):
+            candidates = [(utils.crop_filename(key, i, None), 1.0)
+                          for i in range(len(entry['bbox']))]
+        elif cache_dir is not None and version is not None:
+            if ds not in caches:
+                cache = load_cache(cache_dir, version, ds) or {'images': []}
+                caches[ds] = {img['file']: img for img in cache['images']}
+            img = caches[ds].get(key[len(ds) + 1:])
+            for i, det in enumerate((img or {}).get('detections') or []):
+                if det['conf'] >= threshold:
+                    candidates.append((utils.crop_filename(key, i, version), float(det['conf'])))
+        for crop, conf in candidates:
+            if (crops_root / crop).exists():
+                rows.append((crop, ds, location, str(entry['class']), conf, label))
+    return pd.DataFrame(rows, columns=CSV_COLUMNS)
+
+
+def drop_labels_with_few_locations(df: pd.DataFrame, min_locs: int) -> pd.DataFrame:
+    """Removes rows whose label appears at fewer than ``min_locs`` (dataset, location)s."""
+    n_locs = df.groupby('label')[['dataset', 'location']].apply(
+        lambda g: len(g.drop_duplicates()))
+    rare = sorted(n_locs[n_locs < min_locs].index)
+    for label in rare:
+        logger.warning('label %s dropped: %d locations < --min-locs %d', label,
+                       n_locs[label], min_locs)
+    return df[~df['label'].isin(rare)].reset_index(drop=True)
+
+
+def label_list(df: pd.DataFrame) -> list[str]:
+    """Sorted unique labels (a row may hold several, comma-separated)."""
+    return sorted({lab for labels in df['label'] for lab in str(labels).split(',')})
+
+
+# ---------------------------------------------------------------- splits
+
+def _count_matrix(df: pd.DataFrame) -> tuple[list[tuple[str, str]], list[str], np.ndarray]:
+    """(locations, labels, crops[location, label])."""
+    exploded = df.assign(label=df['label'].astype(str).str.split(',')).explode('label')
+    table = pd.crosstab([exploded['dataset'].astype(str), exploded['location'].astype(str)],
+                        exploded['label'])
+    locs = [(str(d), str(loc)) for d, loc in table.index]
+    return locs, [str(c) for c in table.columns], table.to_numpy(dtype=np.float64)
+
+
+def _score(assign: np.ndarray, counts: np.ndarray, fracs: np.ndarray) -> np.ndarray:
+    """Score of each row of ``assign`` (trials x locations, values 0..2); lower is better.
+
+    Sum over labels and splits of |achieved - wanted| fraction, for crops and
+    for locations.
+    """
+    onehot = (assign[:, :, None] == np.arange(3)).astype(np.float32)      # T x L x 3
+    score = np.zeros(len(assign))
+    for mat in (counts, (counts > 0).astype(np.float64)):
+        per_split = np.einsum('tls,lk->tsk', onehot, mat.astype(np.float32))  # T x 3 x K
+        totals = mat.sum(axis=0)
+        frac = per_split / np.maximum(totals, 1)[None, None, :]
+        score += np.abs(frac - fracs[None, :, None]).sum(axis=(1, 2))
+    return score
+
+
+def split_random(df: pd.DataFrame, val_frac: float, test_frac: float, seed: int,
+                 num_trials: int = 10_000, chunk: int = 1000) -> dict[str, list[list[str]]]:
+    """Best of ``num_trials`` random location assignments, scored all at once per chunk."""
+    locs, _, counts = _count_matrix(df)
+    n = len(locs)
+    n_test = int(round(test_frac * n)) if test_frac > 0 else 0
+    n_val = int(round(val_frac * n)) if val_frac > 0 else 0
+    if test_frac > 0:
+        n_test = max(n_test, 1)
+    if val_frac > 0:
+        n_val = max(n_val, 1)
+    if n_test + n_val >= n:
+        raise utils.InputError(f'{n} locations cannot give {n_val} val and {n_test} test '
+                               'locations and leave any for train; lower the fractions')
+    fracs = np.array([1 - val_frac - test_frac, val_frac, test_frac])
+    rng = np.random.default_rng(seed)
+    best_score, best = np.inf, np.zeros(n, dtype=np.int64)
+    for start in range(0, num_trials, chunk):
+        t = min(chunk, num_trials - start)
+        ranks = np.argsort(rng.random((t, n)), axis=1).argsort(axis=1)
+        assign = np.where(ranks < n_test, 2, np.where(ranks < n_test + n_val, 1, 0))
+        scores = _score(assign, counts, fracs)
+        i = int(np.argmin(scores))
+        if scores[i] < best_score:
+            best_score, best = float(scores[i]), assign[i]
+    logger.info('random split: best score %.3f of %d trials', best_score, num_trials)
+    return _to_splits(locs, best)
+
+
+def split_smallest_first(df: pd.DataFrame, val_frac: float, test_frac: float
+                         ) -> dict[str, list[list[str]]]:
+    """Rarest label first: its smallest unassigned locations go to test, then val,
+    until each holds its share of that label's crops; the rest go to train."""
+    locs, _, counts = _count_matrix(df)
+    assign = np.full(len(locs), -1)
+    for k in np.argsort(counts.sum(axis=0), kind='stable'):
+        total = counts[:, k].sum()
+        want = {2: test_frac * total, 1: val_frac * total}
+        have = {s: counts[assign == s, k].sum() for s in (1, 2)}
+        order = [int(i) for i in np.argsort(counts[:, k], kind='stable') if counts[i, k] > 0]
+        for i in order:
+            if assign[i] != -1:
+                continue
+            for s in (2, 1):
+                if want[s] > 0 and have[s] < want[s]:
+                    assign[i] = s
+                    have[s] += counts[i, k]
+                    break
+            else:
+                assign[i] = 0
+    assign[assign == -1] = 0
+    return _to_splits(locs, assign)
+
+
+def _to_splits(locs: Sequence[tuple[str, str]], assign: np.ndarray) -> dict[str, list[list[str]]]:
+    return {name: [list(loc) for loc, a in zip(locs, assign, strict=True) if a == s]
+            for s, name in enumerate(SPLITS)}
+
+
+def split_summary(df: pd.DataFrame, splits: Mapping[str, list[list[str]]]) -> pd.DataFrame:
+    """Crops per label and split (for the log)."""
+    where = {(d, str(loc)): s for s, locs in splits.items() for d, loc in locs}
+    split_col = [where.get((d, str(loc)), 'none')
+                 for d, loc in zip(df['dataset'], df['location'], strict=True)]
+    return pd.crosstab(df['label'], pd.Series(split_col, name='split', index=df.index))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = utils.make_parser(__doc__)
+    parser.add_argument('output_dir', help='folder for the dataset files (BASE_LOGDIR)')
+    parser.add_argument('--mode', nargs='+', choices=['csv', 'splits'], default=['csv', 'splits'],
+                        help='what to make (default: both)')
+    parser.add_argument('--match-test', nargs=2, metavar=('CLASSIFICATION_CSV', 'SPLITS_JSON'),
+                        help='reuse the test set of an earlier dataset: append its crops '
+                             'from test locations and copy its test split')
+    parser.add_argument('-q', '--queried-images-json', help='json_validator output')
+    parser.add_argument('-c', '--cropped-images-dir', help='folder with the crops')
+    parser.add_argument('-d', '--detector-output-cache-dir', help='detector output cache')
+    parser.add_argument('-v', '--detector-version', help='MegaDetector version, e.g. 5a')
+    parser.add_argument('-t', '--threshold', type=utils.probability, default=0.8,
+                        help='minimum detection confidence of a crop (default: 0.8)')
+    parser.add_argument('--min-locs', type=utils.positive_int,
+                        help='drop labels seen at fewer locations')
+    parser.add_argument('--val-frac', type=utils.probability, help='fraction for val')
+    parser.add_argument('--test-frac', type=utils.probability,
+                        help='fraction for test (not with --match-test; default 0)')
+    parser.add_argument('--method', choices=['random', 'smallest_first'], default='random',
+                        help='split heuristic (default: random)')
+    parser.add_argument('--num-trials', type=utils.positive_int, default=10_000,
+                        help='random assignments scored by --method random (default: 10000)')
+    parser.add_argument('--seed', type=int, default=123,
+                        help='random seed for --method random (default: 123)')
+    args = parser.parse_args(argv)
+    if 'csv' in args.mode:
+        if not args.queried_images_json or not args.cropped_images_dir:
+            parser.error('--mode csv needs --queried-images-json and --cropped-images-dir')
+        if (args.detector_output_cache_dir is None) != (args.detector_version is None):
+            parser.error('--detector-output-cache-dir and --detector-version go together')
+    if 'splits' in args.mode:
+        if args.val_frac is None:
+            parser.error('--mode splits needs --val-frac')
+        if args.match_test and args.test_frac is not None:
+            parser.error('--match-test and --test-frac cannot be used together')
+        if args.val_frac + (args.test_frac or 0) >= 1:
+            parser.error('--val-frac + --test-frac must be below 1')
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    utils.setup_logging()
+    out = Path(args.output_dir)
+    csv_path = out / CSV_NAME
+    if 'csv' in args.mode:
+        if args.detector_version is not None:
+            utils.check_detector_version(args.detector_version)
+        queried = utils.require_mapping(utils.read_json(args.queried_images_json),
+                                        args.queried_images_json)
+        df = build_dataset_csv(queried, args.cropped_images_dir, args.detector_output_cache_dir,
+                               args.detector_version, args.threshold)
+        if args.min_locs:
+            df = drop_labels_with_few_locations(df, args.min_locs)
+        if args.match_test:
+            old = utils.read_csv(args.match_test[0], dtype={'location': str})
+            test = {(d, str(loc)) for d, loc in
+                    utils.read_json(args.match_test[1]).get('test', [])}
+            keep = [(d, str(loc)) in test for d, loc in zip(old['dataset'], old['location'],
+                                                            strict=True)]
+            df = pd.concat([df, old.loc[keep, CSV_COLUMNS]], ignore_index=True)
+            df = df.drop_duplicates('path', keep='first').reset_index(drop=True)
+        if df.empty:
+            raise utils.InputError('no crops found for the queried images in '
+                                   f'{args.cropped_images_dir} (did detect_and_crop run?)')
+        utils.write_csv(df, csv_path)
+        labels = label_list(df)
+        utils.write_json(utils.label_index_dict(labels), out / 'label_index.json', indent=1)
+        logger.info('wrote %d crops of %d labels to %s', len(df), len(labels), csv_path)
+    if 'splits' in args.mode:
+        df = utils.read_csv(csv_path, dtype={'location': str, 'dataset': str})
+        if args.match_test:
+            test_locs = utils.read_json(args.match_test[1]).get('test', [])
+            test_set = {(d, str(loc)) for d, loc in test_locs}
+            in_test = [(d, str(loc)) in test_set
+                       for d, loc in zip(df['dataset'], df['location'], strict=True)]
+            rest = df[[not t for t in in_test]]
+            val_frac = args.val_frac / max(1e-9, 1 - len(df[in_test]) / len(df))
+            splits = split_random(rest, min(val_frac, 0.99), 0.0, args.seed, args.num_trials) \
+                if args.method == 'random' else split_smallest_first(rest, args.val_frac, 0.0)
+            splits['test'] = [[d, str(loc)] for d, loc in test_locs]
+        elif args.method == 'random':
+            splits = split_random(df, args.val_frac, args.test_frac or 0.0, args.seed,
+                                  args.num_trials)
+        else:
+            splits = split_smallest_first(df, args.val_frac, args.test_frac or 0.0)
+        utils.write_json(splits, out / 'splits.json', indent=1)
+        logger.info('crops per label and split:\n%s', split_summary(df, splits).to_string())
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(utils.run_cli(main))

@@ -1,0 +1,88 @@
+"""Crop the MegaDetector boxes of new photos, ready for run_classifier.
+
+Every detection with confidence at least --threshold becomes one RGB JPEG,
+``<cropped_images_dir>/<file>___cropNN_mdv<version>.jpg`` (NN = the box's index
+in the image's detection list). EXIF orientation is applied first, as
+MegaDetector does. Crops already present are kept, so an interrupted run
+resumes. Photos that cannot be read, and boxes that have no area inside the
+photo, are logged and the run goes on.
+
+Example:
+    python -m classification.crop_detections detections.json crops \
+        --images-dir photos --threshold 0.2 --square-crops --threads 4 --logdir .
+
+Writes ``<logdir>/crop_detections_log_<time>.json`` with every failed image and why.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from classification import cropping, utils
+from detection.detector_output import check_document, detector_name, iter_detections
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_version(doc: Mapping[str, Any], given: str | None, source: str) -> str:
+    """--detector-version if given, else derived from info.detector by the one rule."""
+    if given is not None:
+        return utils.check_detector_version(given)
+    name = detector_name(doc)
+    if name is None:
+        raise utils.InputError(f'{source}: no info.detector; pass --detector-version')
+    return utils.detector_version_from_name(name)
+
+
+def plan_jobs(doc: Mapping[str, Any], images_dir: str, crops_dir: str, version: str,
+              threshold: float) -> list[cropping.ImageJob]:
+    """One job per photo with at least one box above the threshold, in file order."""
+    by_image: dict[str, list[cropping.CropTask]] = {}
+    for det in iter_detections(doc, threshold):
+        name = utils.crop_filename(det.image_file, det.index, version)
+        by_image.setdefault(det.image_file, []).append(
+            cropping.CropTask(utils.safe_join(crops_dir, name), det.bbox))
+    return [cropping.ImageJob(f, utils.safe_join(images_dir, f), tuple(tasks))
+            for f, tasks in by_image.items()]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = utils.make_parser(__doc__)
+    parser.add_argument('detections_json', help="MegaDetector output JSON, or '-'")
+    parser.add_argument('cropped_images_dir', help='where to write the crops')
+    parser.add_argument('-i', '--images-dir', required=True,
+                        help='folder the image paths of the detections are relative to')
+    parser.add_argument('-v', '--detector-version',
+                        help='version for crop names, e.g. 5a (default: from info.detector)')
+    parser.add_argument('--square-crops', action='store_true',
+                        help='crop the smallest square around each box, padded with black')
+    parser.add_argument('--check-crops-valid', action='store_true',
+                        help='decode existing crops and redo the broken ones')
+    parser.add_argument('-t', '--threshold', type=utils.probability, default=0.0,
+                        help='crop detections with at least this confidence (default: 0)')
+    parser.add_argument('-n', '--threads', type=utils.positive_int, default=1,
+                        help='threads reading and cropping photos (default: 1)')
+    parser.add_argument('--logdir', default='.', help='folder for the log file (default: .)')
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    utils.setup_logging()
+    doc = check_document(utils.read_json(args.detections_json), args.detections_json)
+    version = resolve_version(doc, args.detector_version, args.detections_json)
+    jobs = plan_jobs(doc, args.images_dir, args.cropped_images_dir, version, args.threshold)
+    report = cropping.run_crop_jobs(jobs, args.square_crops, args.check_crops_valid,
+                                    args.threads)
+    log = cropping.write_failure_log(report, args.logdir, 'crop_detections',
+                                     {'detector_version': version})
+    logger.info('%d images: %d crops written, %d already there, %d failed images; log: %s',
+                report.images, report.crops_written, report.crops_skipped,
+                len(report.failures), log)
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(utils.run_cli(main))

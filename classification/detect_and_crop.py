@@ -1,0 +1,124 @@
+"""Crop training images: ground-truth boxes, else cached MegaDetector boxes.
+
+For each image of queried_images.json, crops its ground-truth boxes when the
+database has them (crop names without a detector suffix), and otherwise the
+boxes of the detector output cache ``<cache>/v<version>/<dataset>.json`` whose
+confidence is at least --threshold (``..._mdv<version>.jpg``). Photos are read
+from ``<images-dir>/<dataset>/<file>``; crops go to
+``<cropped-images-dir>/<dataset>/<file>___cropNN[_mdv<version>].jpg``. Crops
+already present are kept, so a rerun resumes.
+
+Example:
+    python -m classification.detect_and_crop run1/queried_images.json run1 \
+        --detector-output-cache-dir mdcache --detector-version 5a \
+        --cropped-images-dir crops --images-dir images \
+        --square-crops --threshold 0.8 --threads 4
+
+Writes ``<output_dir>/detect_and_crop_log_<time>.json``: images that failed to
+read or crop (with the reason) and images that have no cached detections.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from classification import cropping, utils
+from detection.detector_output import load_cache
+
+logger = logging.getLogger(__name__)
+
+
+def plan_jobs(queried: Mapping[str, Mapping[str, Any]], cache_dir: str, version: str,
+              images_dir: str, crops_dir: str, threshold: float
+              ) -> tuple[list[cropping.ImageJob], list[str]]:
+    """Crop jobs for every queried image, and the images with no detections cached."""
+    by_dataset: dict[str, list[str]] = {}
+    for key, entry in queried.items():
+        by_dataset.setdefault(entry['dataset'], []).append(key)
+    jobs, missing = [], []
+    for ds in sorted(by_dataset):
+        cache = None
+        cached: dict[str, Any] = {}
+        for key in sorted(by_dataset[ds]):
+            entry = queried[key]
+            if not key.startswith(f'{ds}/'):
+                raise utils.InputError(f'{key}: image key does not start with its dataset {ds}/')
+            file = key[len(ds) + 1:]
+            source = utils.safe_join(images_dir, key)
+            tasks = []
+            if entry.get('bbox'):
+                for i, b in enumerate(entry['bbox']):
+                    name = utils.crop_filename(key, i, None)
+                    tasks.append(cropping.CropTask(utils.safe_join(crops_dir, name),
+                                                   tuple(b['bbox'])))
+            else:
+                if cache is None:
+                    cache = load_cache(cache_dir, version, ds) or {'images': []}
+                    cached = {img['file']: img for img in cache['images']}
+                img = cached.get(file)
+                if img is None or 'failure' in img:
+                    missing.append(key)
+                    continue
+                for i, det in enumerate(img.get('detections') or []):
+                    if det['conf'] < threshold:
+                        continue
+                    name = utils.crop_filename(key, i, version)
+                    tasks.append(cropping.CropTask(utils.safe_join(crops_dir, name),
+                                                   tuple(det['bbox'])))
+            if tasks:
+                jobs.append(cropping.ImageJob(key, source, tuple(tasks)))
+    return jobs, missing
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = utils.make_parser(__doc__)
+    parser.add_argument('queried_images_json', help="json_validator output, or '-'")
+    parser.add_argument('output_dir', help='folder for the log file')
+    parser.add_argument('-c', '--detector-output-cache-dir', required=True,
+                        help='detector output cache folder (mdcache)')
+    parser.add_argument('-v', '--detector-version', required=True,
+                        help='MegaDetector version of the cached results, e.g. 5a')
+    parser.add_argument('-p', '--cropped-images-dir',
+                        help='where to write crops (without it, nothing is cropped)')
+    parser.add_argument('--square-crops', action='store_true',
+                        help='crop the smallest square around each box, padded with black')
+    parser.add_argument('--check-crops-valid', action='store_true',
+                        help='decode existing crops and redo the broken ones')
+    parser.add_argument('-t', '--threshold', type=utils.probability, default=0.0,
+                        help='crop detections with at least this confidence (default: 0)')
+    parser.add_argument('-i', '--images-dir', help='folder with <dataset>/<file> photos')
+    parser.add_argument('-n', '--threads', type=utils.positive_int, default=1,
+                        help='threads reading and cropping photos (default: 1)')
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    utils.setup_logging()
+    utils.check_detector_version(args.detector_version)
+    if args.cropped_images_dir is None:
+        logger.info('no --cropped-images-dir: nothing to crop')
+        return 0
+    if args.images_dir is None:
+        raise utils.InputError('--cropped-images-dir needs --images-dir (the local photos)')
+    queried = utils.read_json(args.queried_images_json)
+    utils.require_mapping(queried, args.queried_images_json)
+    jobs, missing = plan_jobs(queried, args.detector_output_cache_dir, args.detector_version,
+                              args.images_dir, args.cropped_images_dir, args.threshold)
+    if missing:
+        logger.warning('%d images have no cached detections (run MegaDetector on them and '
+                       'cache the results with cache_batchapi_outputs)', len(missing))
+    report = cropping.run_crop_jobs(jobs, args.square_crops, args.check_crops_valid,
+                                    args.threads)
+    log = cropping.write_failure_log(report, args.output_dir, 'detect_and_crop',
+                                     {'images_without_detections': missing})
+    logger.info('%d images: %d crops written, %d already there, %d failed images; log: %s',
+                report.images, report.crops_written, report.crops_skipped,
+                len(report.failures), log)
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(utils.run_cli(main))

@@ -1,0 +1,210 @@
+"""Validate a label specification and query MegaDB for the matching images.
+
+Checks every taxon and dataset label of the specification against the
+taxonomy CSV (and that no dataset label is claimed by two output labels,
+unless --allow-multilabel), then queries the labeled-image database (an
+SQLite file by default) for images whose dataset class maps to an output
+label. An image-level class overrides the sequence-level one; only images
+with exactly one class are used.
+
+Example:
+    python -m classification.json_validator label_spec.json taxonomy.csv \
+        --megadb megadb.sqlite --output-dir run1 --json-indent 1
+
+Writes under --output-dir:
+    queried_images.json           {"<dataset>/<file>": {"dataset", "location",
+                                   "class", "bbox"?, "label": [...]}}
+    included_dataset_labels.txt   which dataset labels each output label took
+Without --output-dir the specification is only validated.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from classification import utils
+from classification.taxonomy import (
+    LabelSpec,
+    dataset_label_to_outputs,
+    load_taxonomy_csv,
+    parse_label_spec,
+    resolve_label_spec,
+)
+from data_management.megadb.base import DEFAULT_MEGADB, MegaDB, open_megadb
+from data_management.megadb.schema import image_classes
+
+logger = logging.getLogger(__name__)
+
+
+def load_mislabeled(folder: str | os.PathLike[str] | None, dataset: str) -> dict[str, str | None]:
+    """``<folder>/<dataset>.csv`` (columns file, correct_class) as {file: class or None}."""
+    if folder is None:
+        return {}
+    path = Path(folder) / f'{dataset}.csv'
+    if not path.exists():
+        return {}
+    df = utils.read_csv(path, dtype=str, keep_default_na=False)
+    if 'file' not in df.columns:
+        raise utils.InputError(f'{path}: mislabeled-images CSV needs a "file" column')
+    correct = df['correct_class'] if 'correct_class' in df.columns else pd.Series(
+        [''] * len(df), dtype=str)
+    return {f: (c.strip().lower() or None) for f, c in zip(df['file'], correct, strict=True)}
+
+
+def query_images(db: MegaDB, ds_to_labels: Mapping[str, Mapping[str, list[str]]],
+                 mislabeled_dir: str | None = None) -> dict[str, dict[str, Any]]:
+    """The queried-images dict, keyed by ``<dataset>/<path prefix>/<file>``, sorted."""
+    datasets = db.get_datasets()
+    out: dict[str, dict[str, Any]] = {}
+    for ds in sorted(ds_to_labels):
+        if ds not in datasets:
+            logger.warning('dataset %s is in the taxonomy but not in the database; skipped', ds)
+            continue
+        wanted = ds_to_labels[ds]
+        prefix = datasets[ds].get('path_prefix', '').strip('/')
+        mislabeled = load_mislabeled(mislabeled_dir, ds)
+        n_removed = n_corrected = 0
+        for seq in db.query_sequences(ds, sorted(wanted)):
+            for img in seq['images']:
+                classes = image_classes(seq, img)
+                if len(classes) != 1:
+                    continue
+                cls = classes[0]
+                file = f'{prefix}/{img["file"]}' if prefix else img['file']
+                if file in mislabeled:
+                    new = mislabeled[file]
+                    if new is None or new not in wanted:
+                        n_removed += 1
+                        continue
+                    cls, n_corrected = new, n_corrected + 1
+                if cls not in wanted:
+                    continue
+                entry: dict[str, Any] = {'dataset': ds,
+                                         'location': seq.get('location', 'unknown_location'),
+                                         'class': cls}
+                if img.get('bbox'):
+                    entry['bbox'] = img['bbox']
+                entry['label'] = sorted(wanted[cls])
+                out[f'{ds}/{file}'] = entry
+        if mislabeled:
+            logger.info('%s: removed %d and corrected %d mislabeled images', ds, n_removed,
+                        n_corrected)
+    return {k: out[k] for k in sorted(out)}
+
+
+def sample_max_count(images: Mapping[str, dict[str, Any]], specs: Mapping[str, LabelSpec],
+                     seed: int) -> dict[str, dict[str, Any]]:
+    """Keeps at most ``max_count`` images per label, drawing first from the
+    ``prioritize`` tiers in order, then from all datasets. Deterministic for a seed."""
+    rng = random.Random(seed)
+    keep: set[str] = set()
+    by_label: dict[str, list[str]] = {}
+    for path, entry in images.items():
+        for label in entry['label']:
+            by_label.setdefault(label, []).append(path)
+    for label, spec in specs.items():
+        paths = by_label.get(label, [])
+        if spec.max_count is None:
+            keep.update(paths)
+            continue
+        quota = spec.max_count
+        tiers: list[tuple[str, ...] | None] = [*spec.prioritize, None]
+        for tier in tiers:
+            pool = [p for p in paths if tier is None or images[p]['dataset'] in tier]
+            quota -= sum(p in keep for p in pool)
+            pool = sorted(p for p in pool if p not in keep)
+            take = max(0, min(quota, len(pool)))
+            keep.update(rng.sample(pool, take))
+            quota -= take
+            if quota <= 0:
+                break
+    return {k: images[k] for k in sorted(keep)}
+
+
+def drop_rare_labels(images: Mapping[str, dict[str, Any]], min_locs: int
+                     ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Removes labels seen at fewer than ``min_locs`` (dataset, location) pairs."""
+    locs: dict[str, set[tuple[str, str]]] = {}
+    for entry in images.values():
+        for label in entry['label']:
+            locs.setdefault(label, set()).add((entry['dataset'], str(entry['location'])))
+    rare = sorted(lab for lab, s in locs.items() if len(s) < min_locs)
+    out = {}
+    for path, entry in images.items():
+        labels = [lab for lab in entry['label'] if lab not in rare]
+        if labels:
+            out[path] = {**entry, 'label': labels}
+    return out, rare
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = utils.make_parser(__doc__)
+    parser.add_argument('label_spec_json', help="label specification JSON, or '-'")
+    parser.add_argument('taxonomy_csv', help='taxonomy CSV')
+    parser.add_argument('--megadb', default=os.environ.get('MEGADB', DEFAULT_MEGADB),
+                        help='labeled-image database: an SQLite file (default: $MEGADB or '
+                             f'{DEFAULT_MEGADB})')
+    parser.add_argument('--allow-multilabel', action='store_true',
+                        help='allow a dataset label in several output labels')
+    parser.add_argument('--min-locs', type=utils.positive_int,
+                        help='drop labels whose images come from fewer locations')
+    parser.add_argument('-o', '--output-dir',
+                        help='write queried_images.json here (else only validate)')
+    parser.add_argument('--json-indent', type=utils.nonneg_int,
+                        help='indent JSON output by this many spaces')
+    parser.add_argument('--seed', type=int, default=123,
+                        help='seed for max_count sampling (default: 123)')
+    parser.add_argument('-m', '--mislabeled-images',
+                        help='folder of <dataset>.csv files (file, correct_class) of known '
+                             'mislabeled images: dropped, or relabeled when correct_class set')
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    utils.setup_logging()
+    specs = parse_label_spec(utils.read_json(args.label_spec_json), args.label_spec_json)
+    taxonomy = load_taxonomy_csv(args.taxonomy_csv)
+    resolved = resolve_label_spec(specs, taxonomy, allow_multilabel=args.allow_multilabel)
+    for label in sorted(resolved):
+        logger.info('label %s: %d dataset labels', label, len(resolved[label]))
+    if args.output_dir is None:
+        logger.info('label specification is valid (no --output-dir: nothing queried)')
+        return 0
+    if args.mislabeled_images and not Path(args.mislabeled_images).is_dir():
+        raise utils.InputError(f'--mislabeled-images {args.mislabeled_images}: not a folder')
+    if not Path(args.megadb).exists():
+        raise utils.InputError(f'--megadb {args.megadb}: no such database file (build one '
+                               'with python -m data_management.megadb.import_dataset)')
+    ds_to_labels = dataset_label_to_outputs(resolved)
+    with open_megadb(args.megadb) as db:
+        images = query_images(db, ds_to_labels, args.mislabeled_images)
+    if args.min_locs:
+        images, rare = drop_rare_labels(images, args.min_locs)
+        for label in rare:
+            logger.warning('label %s dropped: fewer than %d locations', label, args.min_locs)
+    images = sample_max_count(images, specs, args.seed)
+    out = Path(args.output_dir)
+    utils.write_json(images, out / 'queried_images.json', indent=args.json_indent)
+    lines = []
+    for label in sorted(resolved):
+        lines.append(f'{label}:')
+        lines.extend(f'  {ds}|{dl}' for ds, dl in sorted(resolved[label]))
+    utils.write_text('\n'.join(lines) + '\n', out / 'included_dataset_labels.txt')
+    counts = Counter(lab for e in images.values() for lab in e['label'])
+    for label in sorted(specs):
+        logger.info('%s: %d images', label, counts.get(label, 0))
+    logger.info('wrote %d images to %s', len(images), out / 'queried_images.json')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(utils.run_cli(main))

@@ -1,0 +1,410 @@
+"""The torch side shared by train_classifier, evaluate_model and run_classifier.
+
+Model building (torchvision ResNet, efficientnet-pytorch EfficientNet),
+pretrained weights (download or local file), TorchScript export and loading,
+transforms, crop datasets and loaders, device choice, and the evaluation
+outputs (outputs_<split>.csv.gz, overall_metrics.csv, confusion_matrices.npz,
+label_stats.csv).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import urllib.error
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torchvision
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from classification import utils
+from classification.cropping import to_rgb
+
+logger = logging.getLogger(__name__)
+
+RESNET_MODELS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
+EFFICIENTNET_MODELS = tuple(f'efficientnet-b{i}' for i in range(8))
+VALID_MODELS = RESNET_MODELS + EFFICIENTNET_MODELS
+# native input sizes of the EfficientNet family (as in efficientnet-pytorch)
+EFFICIENTNET_SIZES = {'efficientnet-b0': 224, 'efficientnet-b1': 240, 'efficientnet-b2': 260,
+                      'efficientnet-b3': 300, 'efficientnet-b4': 380, 'efficientnet-b5': 456,
+                      'efficientnet-b6': 528, 'efficientnet-b7': 600}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_image_size(model_name: str) -> int:
+    return EFFICIENTNET_SIZES.get(model_name, 224)
+
+
+# ---------------------------------------------------------------- models
+
+def _hub_hint(filename: str) -> str:
+    folder = Path(torch.hub.get_dir()) / 'checkpoints'
+    return (f'place the weights file at {folder / filename} (the torch hub cache, set by '
+            '$TORCH_HOME), or pass --pretrained /path/to/weights.pt')
+
+
+def final_layer(model: nn.Module) -> nn.Linear:
+    """The classification layer (``fc`` in ResNet, ``_fc`` in EfficientNet)."""
+    layer = getattr(model, 'fc', None) or getattr(model, '_fc', None)
+    if not isinstance(layer, nn.Linear):
+        raise TypeError(f'{type(model).__name__} has no final Linear layer')
+    return layer
+
+
+def _load_weights_file(model: nn.Module, path: str) -> None:
+    """Loads a state dict (or a checkpoint holding one under 'model'), skipping
+    tensors whose shape differs (e.g. a final layer with other classes)."""
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError as e:
+        raise utils.InputError(f'--pretrained {path}: file not found') from e
+    except Exception as e:  # torch raises many types for bad files
+        raise utils.InputError(f'--pretrained {path}: not a loadable checkpoint ({e})') from e
+    if isinstance(state, dict) and isinstance(state.get('model'), dict):
+        state = state['model']
+    if not isinstance(state, dict):
+        raise utils.InputError(f'--pretrained {path}: expected a state dict')
+    own = model.state_dict()
+    usable = {k.removeprefix('module.'): v for k, v in state.items()}
+    usable = {k: v for k, v in usable.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(own) - set(usable))
+    if len(usable) == 0:
+        raise utils.InputError(f'--pretrained {path}: no tensor matches the model')
+    model.load_state_dict(usable, strict=False)
+    logger.info('loaded %d tensors from %s; %d left as initialized%s', len(usable), path,
+                len(skipped), f' ({", ".join(skipped[:4])}...)' if skipped else '')
+
+
+def build_model(model_name: str, num_classes: int, pretrained: bool | str = False) -> nn.Module:
+    """A classifier with ``num_classes`` outputs.
+
+    ``pretrained``: False = random init; True = ImageNet weights (downloaded,
+    or read from the torch hub cache); a path = a state dict or checkpoint of
+    the same architecture (tensors of another shape, like the final layer, are
+    left as initialized).
+    """
+    if model_name not in VALID_MODELS:
+        raise utils.InputError(f'unknown model {model_name!r}; choose one of {VALID_MODELS}')
+    imagenet = pretrained is True
+    model: nn.Module
+    if model_name in RESNET_MODELS:
+        if imagenet:
+            weights = torchvision.models.get_model_weights(model_name).DEFAULT
+            try:
+                model = torchvision.models.get_model(model_name, weights=weights)
+            except (urllib.error.URLError, OSError) as e:
+                filename = os.path.basename(weights.url)
+                raise utils.InputError(f'cannot download ImageNet weights for {model_name} '
+                                       f'({e}); {_hub_hint(filename)}') from e
+            model.fc = nn.Linear(model.fc.in_features, num_classes)
+        else:
+            model = torchvision.models.get_model(model_name, weights=None,
+                                                 num_classes=num_classes)
+    else:
+        from efficientnet_pytorch import EfficientNet
+        from efficientnet_pytorch.utils import url_map
+        if imagenet:
+            try:
+                model = EfficientNet.from_pretrained(model_name, num_classes=num_classes)
+            except (urllib.error.URLError, OSError) as e:
+                filename = os.path.basename(url_map[model_name])
+                raise utils.InputError(f'cannot download ImageNet weights for {model_name} '
+                                       f'({e}); {_hub_hint(filename)}') from e
+        else:
+            model = EfficientNet.from_name(model_name, num_classes=num_classes)
+    if isinstance(pretrained, str):
+        _load_weights_file(model, pretrained)
+    return model
+
+
+def set_finetune(model: nn.Module, finetune: bool) -> None:
+    """With ``finetune``, only the final layer is trained."""
+    for p in model.parameters():
+        p.requires_grad = not finetune
+    for p in final_layer(model).parameters():
+        p.requires_grad = True
+
+
+def export_torchscript(model: nn.Module, model_name: str, image_size: int, path: Path) -> Path:
+    """Writes a TorchScript file runnable by run_classifier (atomically).
+
+    ResNets are scripted; EfficientNets are traced after switching to the
+    plain swish, which TorchScript accepts and which gives identical outputs.
+    """
+    model = model.eval().cpu()
+    with torch.no_grad():
+        if model_name in EFFICIENTNET_MODELS:
+            model.set_swish(memory_efficient=False)  # type: ignore[operator]
+            example = torch.zeros(1, 3, image_size, image_size)
+            scripted = torch.jit.trace(model, example)
+            model.set_swish(memory_efficient=True)  # type: ignore[operator]
+        else:
+            scripted = torch.jit.script(model)
+    with utils.atomic_path(path) as tmp:
+        torch.jit.save(scripted, str(tmp))
+    return path
+
+
+def compiled_path(ckpt_path: str | os.PathLike[str]) -> Path:
+    """``ckpt_12.pt`` -> ``ckpt_12_compiled.pt``."""
+    p = Path(ckpt_path)
+    return p.with_name(f'{p.stem}_compiled{p.suffix}')
+
+
+def load_torchscript(path: str | os.PathLike[str], device: torch.device) -> torch.jit.ScriptModule:
+    """Loads a TorchScript classifier; a plain checkpoint gets a clear error."""
+    try:
+        model = torch.jit.load(str(path), map_location=device)
+    except FileNotFoundError as e:
+        raise utils.InputError(f'{path}: file not found') from e
+    except (RuntimeError, ValueError) as e:
+        raise utils.InputError(f'{path}: not a TorchScript model (a normal checkpoint must be '
+                               f'exported first with evaluate_model) ({e})') from e
+    return model.eval()
+
+
+def pick_device(device: int | str | None = None) -> torch.device:
+    """CUDA (the given index, or 0) when available, else the CPU."""
+    if isinstance(device, str):
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device('cuda', device or 0)
+    if device is not None:
+        logger.warning('--device %s asked for, but CUDA is not available: using the CPU', device)
+    return torch.device('cpu')
+
+
+# ---------------------------------------------------------------- data
+
+def train_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
+    return T.Compose([
+        T.RandomResizedCrop(image_size, scale=(0.6, 1.0), ratio=(0.8, 1.25)),
+        T.RandomHorizontalFlip(),
+        T.ColorJitter(brightness=0.25, contrast=0.25),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def eval_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
+    return T.Compose([
+        T.Resize((image_size, image_size)),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def open_crop(path: str | os.PathLike[str], image_size: int) -> Image.Image:
+    """Decodes a crop as RGB, letting libjpeg downscale (draft mode) while the
+    result stays at least ``image_size`` on both sides."""
+    with Image.open(path) as img:
+        if img.format == 'JPEG':
+            img.draft('RGB', (image_size, image_size))
+        img.load()
+        return to_rgb(img)
+
+
+class CropDataset(Dataset[tuple[torch.Tensor, int, float, int]]):
+    """(image tensor, label index, weight, row index) for each crop.
+
+    A crop that cannot be read gives a zero image and label -1; callers drop
+    such rows and report them.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], paths: Sequence[str],
+                 labels: Sequence[int] | None, weights: Sequence[float] | None,
+                 transform: Callable[[Image.Image], torch.Tensor], image_size: int) -> None:
+        self.root = Path(root)
+        self.paths = list(paths)
+        self.labels = list(labels) if labels is not None else [0] * len(self.paths)
+        self.weights = list(weights) if weights is not None else [1.0] * len(self.paths)
+        self.transform = transform
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, float, int]:
+        try:
+            img = open_crop(self.root / self.paths[i], self.image_size)
+        except (OSError, UnidentifiedImageError, ValueError):
+            return torch.zeros(3, self.image_size, self.image_size), -1, 0.0, i
+        return self.transform(img), self.labels[i], self.weights[i], i
+
+
+def make_loader(ds: CropDataset, batch_size: int, num_workers: int, device: torch.device,
+                shuffle: bool = False, sampler: torch.utils.data.Sampler[int] | None = None,
+                generator: torch.Generator | None = None,
+                ) -> DataLoader[tuple[torch.Tensor, int, float, int]]:
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None,
+                      sampler=sampler, num_workers=num_workers, generator=generator,
+                      pin_memory=device.type == 'cuda',
+                      persistent_workers=num_workers > 0)
+
+
+# ---------------------------------------------------------------- evaluation
+
+@dataclass
+class EpochResult:
+    loss: float
+    acc_top1: float
+    acc_top3: float
+    loss_weighted: float
+    acc_weighted_top1: float
+    acc_weighted_top3: float
+    probs: np.ndarray | None = None       # N x C, in dataset order
+    unreadable: tuple[int, ...] = ()
+
+    def metrics(self) -> dict[str, float]:
+        return {'loss': self.loss, 'acc_top1': self.acc_top1, 'acc_top3': self.acc_top3,
+                'loss_weighted': self.loss_weighted, 'acc_weighted_top1': self.acc_weighted_top1,
+                'acc_weighted_top3': self.acc_weighted_top3}
+
+
+def run_epoch(model: nn.Module, loader: DataLoader[Any], device: torch.device,
+              optimizer: torch.optim.Optimizer | None = None, num_classes: int | None = None,
+              desc: str = '') -> EpochResult:
+    """One pass over ``loader``: trains when ``optimizer`` is given, else evaluates.
+
+    With ``num_classes``, the softmax outputs of every row are kept (``probs``).
+    """
+    from tqdm import tqdm
+    training = optimizer is not None
+    model.train(training)
+    n_seen = 0
+    sums = np.zeros(6)  # loss, top1, top3, weighted loss, weighted top1, weighted top3
+    total_w = 0.0
+    probs_out: np.ndarray | None = None
+    if num_classes is not None:
+        probs_out = np.zeros((len(loader.dataset), num_classes),  # type: ignore[arg-type]
+                             dtype=np.float32)
+    unreadable: list[int] = []
+    with torch.set_grad_enabled(training):
+        for x, y, w, idx in tqdm(loader, desc=desc, leave=False, disable=None):
+            ok = y >= 0
+            if not bool(ok.all()):
+                unreadable.extend(int(i) for i in idx[~ok])
+                x, y, w, idx = x[ok], y[ok], w[ok], idx[ok]
+                if len(y) == 0:
+                    continue
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
+            w = w.to(device, dtype=torch.float32, non_blocking=True)
+            logits = model(x)
+            losses = nn.functional.cross_entropy(logits, y, reduction='none')
+            if training:
+                assert optimizer is not None
+                optimizer.zero_grad(set_to_none=True)
+                (losses * w).sum().div(max(float(w.sum()), 1e-8)).backward()
+                optimizer.step()
+            with torch.no_grad():
+                k = min(3, logits.shape[1])
+                top = logits.topk(k, dim=1).indices
+                hit1 = (top[:, 0] == y).float()
+                hit3 = (top == y[:, None]).any(dim=1).float()
+                batch = torch.stack([losses, hit1, hit3, losses * w, hit1 * w, hit3 * w])
+                sums[:3] += batch[:3].sum(dim=1).cpu().numpy()
+                sums[3:] += batch[3:].sum(dim=1).cpu().numpy()
+                n_seen += len(y)
+                total_w += float(w.sum())
+                if probs_out is not None:
+                    probs_out[idx.numpy()] = logits.float().softmax(dim=1).cpu().numpy()
+    n, tw = max(n_seen, 1), max(total_w, 1e-8)
+    return EpochResult(sums[0] / n, sums[1] / n, sums[2] / n, sums[3] / tw, sums[4] / tw,
+                       sums[5] / tw, probs_out, tuple(unreadable))
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
+    """n x n counts, rows = true label, columns = prediction."""
+    cm = np.zeros((n, n), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    return cm
+
+
+def label_stats(cm: np.ndarray, labels: Sequence[str], split: str) -> pd.DataFrame:
+    """Precision and recall of each label from a confusion matrix."""
+    tp = np.diag(cm).astype(np.float64)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        precision = np.where(cm.sum(axis=0) > 0, tp / cm.sum(axis=0), np.nan)
+        recall = np.where(cm.sum(axis=1) > 0, tp / cm.sum(axis=1), np.nan)
+    return pd.DataFrame({'split': split, 'label': list(labels), 'precision': precision,
+                         'recall': recall})
+
+
+def write_evaluation(out_dir: Path, split_frames: dict[str, pd.DataFrame],
+                     results: dict[str, EpochResult], labels: Sequence[str]) -> pd.DataFrame:
+    """Writes outputs_<split>.csv.gz, overall_metrics.csv, confusion_matrices.npz and
+    label_stats.csv; returns the overall metrics table."""
+    overall, stats, cms = [], [], {}
+    label_to_idx = {name: i for i, name in enumerate(labels)}
+    for split, df in split_frames.items():
+        res = results[split]
+        assert res.probs is not None
+        keep = np.ones(len(df), dtype=bool)
+        keep[list(res.unreadable)] = False
+        probs = res.probs[keep]
+        sub = df[keep].reset_index(drop=True)
+        out = pd.DataFrame({'path': sub['path'], 'label': sub['label'],
+                            'weight': sub['weight']})
+        out = pd.concat([out, pd.DataFrame(probs, columns=list(labels))], axis=1)
+        utils.write_csv(out, out_dir / f'outputs_{split}.csv.gz')
+        y_true = np.array([label_to_idx[lab] for lab in sub['label']], dtype=np.int64)
+        cm = confusion_matrix(y_true, probs.argmax(axis=1), len(labels))
+        cms[split] = cm
+        stats.append(label_stats(cm, labels, split))
+        overall.append({'split': split, **res.metrics()})
+    table = pd.DataFrame(overall)
+    utils.write_csv(table, out_dir / 'overall_metrics.csv')
+    utils.write_csv(pd.concat(stats, ignore_index=True), out_dir / 'label_stats.csv')
+    with utils.atomic_path(out_dir / 'confusion_matrices.npz') as tmp:
+        with open(tmp, 'wb') as f:
+            np.savez_compressed(f, **cms)  # type: ignore[arg-type]
+    return table
+
+
+def load_split_frames(dataset_dir: str | os.PathLike[str], labels: Sequence[str],
+                      splits: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """Rows of classification_ds.csv per split (by location), with label_idx and weight."""
+    base = Path(dataset_dir)
+    df = utils.read_csv(base / 'classification_ds.csv', dtype={'location': str, 'dataset': str,
+                                                               'label': str, 'path': str})
+    split_locs = utils.read_json(base / 'splits.json')
+    label_to_idx = {name: i for i, name in enumerate(labels)}
+    unknown = sorted(set(df['label']) - set(label_to_idx))
+    if unknown:
+        raise utils.InputError(f'{base}/classification_ds.csv: labels {unknown} are not in the '
+                               'label index (multi-label rows need --multilabel)')
+    df['label_idx'] = df['label'].map(label_to_idx).astype(int)
+    if 'weight' not in df.columns:
+        df['weight'] = 1.0
+    keys = pd.Series(list(zip(df['dataset'], df['location'], strict=True)), index=df.index)
+    out = {}
+    for split in splits:
+        locs = {(d, str(loc)) for d, loc in split_locs.get(split, [])}
+        out[split] = df[keys.isin(locs)].reset_index(drop=True)
+    return out
+
+
+def checkpoint_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model state dict, whole checkpoint) from a training checkpoint, loaded safely."""
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError as e:
+        raise utils.InputError(f'{path}: checkpoint not found') from e
+    except Exception as e:  # torch raises many types for bad files
+        raise utils.InputError(f'{path}: not a loadable checkpoint ({e})') from e
+    if isinstance(ckpt, dict) and isinstance(ckpt.get('model'), dict):
+        return ckpt['model'], ckpt
+    if isinstance(ckpt, dict):
+        return ckpt, {}
+    raise utils.InputError(f'{path}: expected a checkpoint dict')

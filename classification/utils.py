@@ -1,0 +1,357 @@
+"""Small shared helpers for every step (no torch here).
+
+- reading and writing JSON / CSV files: gzip by suffix, '-' for stdin/stdout,
+  atomic writes (temp file in the target folder, then rename);
+- the label index (``label_index.json``) and ``params.json``;
+- crop-file naming and the detector-version rule;
+- box geometry (normalized boxes to pixel boxes, square crops);
+- argparse types, logging set-up and the error type that becomes one stderr line.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import io
+import json
+import logging
+import math
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+STDIO = '-'
+
+
+class InputError(Exception):
+    """A user mistake (bad file, bad record, bad flag combination).
+
+    ``run_cli`` turns it into one line on stderr and exit code 2.
+    """
+
+
+def run_cli(main: Callable[[], int]) -> int:
+    """Runs a script's main(), mapping user errors to one stderr line and exit code 2."""
+    try:
+        return main()
+    except InputError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader of our stdout went away (e.g. `| head`); not an error
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, 'w')  # noqa: SIM115
+        return 0
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Logs go to stderr so that stdout stays free for data."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format='%(asctime)s %(levelname)s %(name)s: %(message)s',
+        stream=sys.stderr, force=True)
+
+
+# ---------------------------------------------------------------- files
+
+def _is_gzip(path: str | os.PathLike[str]) -> bool:
+    return str(path).endswith('.gz')
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yields a temporary path beside ``path``; renames it onto ``path`` on success."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{target.name}.', suffix='.tmp', dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def open_output_text(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
+    """Opens a text output: stdout for '-', else an atomic (and maybe gzipped) file."""
+    if str(path) == STDIO:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    with atomic_path(path) as tmp:
+        if _is_gzip(path):
+            with gzip.open(tmp, 'wt', encoding='utf-8', newline='') as f:
+                yield f
+        else:
+            with open(tmp, 'w', encoding='utf-8', newline='') as f:
+                yield f
+
+
+@contextlib.contextmanager
+def open_input_text(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
+    """Opens a text input: stdin for '-', gzip by suffix; missing files are InputError."""
+    if str(path) == STDIO:
+        yield sys.stdin
+        return
+    try:
+        if _is_gzip(path):
+            with gzip.open(path, 'rt', encoding='utf-8', newline='') as f:
+                yield f
+        else:
+            with open(path, encoding='utf-8', newline='') as f:
+                yield f
+    except FileNotFoundError as e:
+        raise InputError(f'{path}: file not found') from e
+    except IsADirectoryError as e:
+        raise InputError(f'{path}: is a folder, expected a file') from e
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Reads JSON from a file (gzip by suffix) or stdin; bad JSON is an InputError."""
+    with open_input_text(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise InputError(f'{path}: not valid JSON ({e})') from e
+        except (UnicodeDecodeError, OSError, EOFError) as e:
+            raise InputError(f'{path}: cannot read ({e})') from e
+
+
+def write_json(obj: Any, path: str | os.PathLike[str], indent: int | None = None) -> None:
+    """Writes JSON atomically (or to stdout for '-')."""
+    with open_output_text(path) as f:
+        json.dump(obj, f, indent=indent, ensure_ascii=False)
+        f.write('\n')
+
+
+def read_csv(path: str | os.PathLike[str], **kwargs: Any) -> pd.DataFrame:
+    """Reads a CSV (gzip by suffix, '-' for stdin); bad files are an InputError."""
+    with open_input_text(path) as f:
+        try:
+            return pd.read_csv(f, **kwargs)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
+                OSError, EOFError) as e:
+            raise InputError(f'{path}: not a readable CSV file ({e})') from e
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike[str], **kwargs: Any) -> None:
+    """Writes a DataFrame as CSV atomically (gzip by suffix, '-' for stdout)."""
+    kwargs.setdefault('index', False)
+    if str(path) == STDIO:
+        buf = io.StringIO()
+        df.to_csv(buf, **kwargs)
+        sys.stdout.write(buf.getvalue())
+        sys.stdout.flush()
+        return
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, compression='gzip' if _is_gzip(path) else None, **kwargs)
+
+
+def write_text(text: str, path: str | os.PathLike[str]) -> None:
+    """Writes a text file atomically."""
+    with open_output_text(path) as f:
+        f.write(text)
+
+
+# ---------------------------------------------------------------- label index and params
+
+def load_label_index(path: str | os.PathLike[str]) -> list[str]:
+    """Reads ``{"0": "label_a", "1": "label_b", ...}`` into a list ordered by index."""
+    raw = read_json(path)
+    if not isinstance(raw, dict) or not raw:
+        raise InputError(f'{path}: expected a non-empty JSON object {{"0": "label", ...}}')
+    try:
+        pairs = sorted((int(k), v) for k, v in raw.items())
+    except ValueError as e:
+        raise InputError(f'{path}: keys must be integers 0..n-1 ({e})') from e
+    if [i for i, _ in pairs] != list(range(len(pairs))):
+        raise InputError(f'{path}: keys must be the integers 0..{len(pairs) - 1} without gaps')
+    labels = [v for _, v in pairs]
+    if not all(isinstance(v, str) and v for v in labels):
+        raise InputError(f'{path}: every label name must be a non-empty string')
+    if len(set(labels)) != len(labels):
+        raise InputError(f'{path}: label names must be unique')
+    return labels
+
+
+def label_index_dict(labels: Sequence[str]) -> dict[str, str]:
+    """The JSON form of a label index."""
+    return {str(i): name for i, name in enumerate(labels)}
+
+
+def args_to_params(args: argparse.Namespace) -> dict[str, Any]:
+    """JSON-safe copy of parsed arguments for ``params.json``."""
+    out: dict[str, Any] = {}
+    for k, v in vars(args).items():
+        if isinstance(v, Path):
+            v = str(v)
+        elif isinstance(v, (list, tuple)):
+            v = [str(x) if isinstance(x, Path) else x for x in v]
+        out[k] = v
+    return out
+
+
+# ---------------------------------------------------------------- crops and detector versions
+
+_VERSION_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]*$')
+
+
+def detector_version_from_name(detector: str) -> str:
+    """The one rule for the ``_mdv<version>`` crop suffix, from ``info.detector``.
+
+    The file name is stripped of folders, a known model extension and a leading
+    ``md_v``/``md``/``megadetector_v``/``v``: ``md_v5a.0.0.pt`` -> ``5a.0.0``,
+    ``megadetector_v4.1.0.pb`` -> ``4.1.0``, ``v4.1`` -> ``4.1``.
+    """
+    name = detector.replace('\\', '/').rsplit('/', 1)[-1]
+    for ext in ('.pt', '.pb', '.onnx', '.torchscript', '.engine'):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    lowered = name.lower()
+    for prefix in ('megadetector_v', 'md_v', 'mdv', 'md', 'v'):
+        if lowered.startswith(prefix) and len(name) > len(prefix):
+            name = name[len(prefix):]
+            break
+    return check_detector_version(name)
+
+
+def check_detector_version(version: str) -> str:
+    """Returns ``version`` if it is safe to put into a file name, else InputError."""
+    if not _VERSION_RE.match(version):
+        raise InputError(
+            f'detector version {version!r} must be letters, digits, ".", "_" or "-" (e.g. 5a)')
+    return version
+
+
+def crop_filename(image_file: str, crop_index: int, detector_version: str | None) -> str:
+    """``<image>___cropNN_mdvX.Y.jpg``; ground-truth crops omit the ``_mdv`` part."""
+    if not 0 <= crop_index <= 99:
+        raise InputError(f'{image_file}: box index {crop_index} is outside 0..99')
+    suffix = f'_mdv{detector_version}' if detector_version else ''
+    return f'{image_file}___crop{crop_index:02d}{suffix}.jpg'
+
+
+_CROP_RE = re.compile(r'^(?P<image>.+)___crop(?P<idx>\d{2})(?:_mdv(?P<ver>[^/]+))?\.jpg$')
+
+
+def parse_crop_filename(crop: str) -> tuple[str, int, str | None]:
+    """Inverse of crop_filename: (image file, box index, detector version or None)."""
+    m = _CROP_RE.match(crop)
+    if m is None:
+        raise InputError(f'{crop}: not a crop file name (<image>___cropNN[_mdvX].jpg)')
+    return m['image'], int(m['idx']), m['ver']
+
+
+def safe_join(root: str | os.PathLike[str], relative: str) -> Path:
+    """``root/relative``, refusing absolute paths and paths that leave ``root``."""
+    rel = relative.replace('\\', '/')
+    if not rel or rel.startswith('/') or re.match(r'^[A-Za-z]:', rel):
+        raise InputError(f'{relative!r}: expected a relative image path')
+    parts = [p for p in rel.split('/') if p not in ('', '.')]
+    if '..' in parts or not parts:
+        raise InputError(f'{relative!r}: path would leave the folder {root}')
+    return Path(root).joinpath(*parts)
+
+
+def redact_url(url: str) -> str:
+    """A URL without its query string (where SAS tokens live), safe to log."""
+    return url.split('?', 1)[0] + ('?<redacted>' if '?' in url else '')
+
+
+# ---------------------------------------------------------------- geometry
+
+PixelBox = tuple[int, int, int, int]
+
+
+def crop_box(bbox: Sequence[float], width: int, height: int,
+             square: bool = False) -> PixelBox | None:
+    """Pixel box (left, top, right, bottom) for a normalized [x, y, w, h] box.
+
+    With ``square``, the smallest square around the box, centred on it; it may
+    extend past the image (the crop is padded there). Returns None for a box of
+    zero area or one that lies wholly outside the image.
+    """
+    if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox):
+        return None
+    x, y, w, h = (float(v) for v in bbox)
+    if w <= 0 or h <= 0 or width <= 0 or height <= 0:
+        return None
+    left, top = x * width, y * height
+    right, bottom = (x + w) * width, (y + h) * height
+    # clip the box itself to the image; a box wholly outside has nothing to crop
+    left, top = max(left, 0.0), max(top, 0.0)
+    right, bottom = min(right, float(width)), min(bottom, float(height))
+    if right - left < 1 or bottom - top < 1:
+        return None
+    if square:
+        side = max(right - left, bottom - top)
+        cx, cy = (left + right) / 2, (top + bottom) / 2
+        left, top = cx - side / 2, cy - side / 2
+        right, bottom = left + side, top + side
+    box = (int(round(left)), int(round(top)), int(round(right)), int(round(bottom)))
+    if box[2] <= box[0] or box[3] <= box[1]:
+        return None
+    return box
+
+
+# ---------------------------------------------------------------- argparse types
+
+def probability(text: str) -> float:
+    """argparse type: a float in [0, 1]."""
+    try:
+        v = float(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a number') from e
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f'{text} is not between 0 and 1')
+    return v
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f'{text!r} is not an integer') from e
+    if v < 1:
+        raise argparse.ArgumentTypeError(f'{text} must be at least 1')
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        v = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f'{text!r} is not an integer') from e
+    if v < 0:
+        raise argparse.ArgumentTypeError(f'{text} must not be negative')
+    return v
+
+
+def make_parser(doc: str | None) -> argparse.ArgumentParser:
+    """An ArgumentParser whose --help shows the module docstring as written."""
+    return argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def require_mapping(obj: Any, what: str) -> Mapping[str, Any]:
+    """``obj`` if it is a JSON object, else an InputError naming ``what``."""
+    if not isinstance(obj, Mapping):
+        raise InputError(f'{what}: expected a JSON object, got {type(obj).__name__}')
+    return obj

@@ -1,0 +1,59 @@
+"""The labeled-image database interface; backends live beside this module.
+
+Scripts talk to ``MegaDB`` only, and get one from ``open_megadb``. A backend
+stores two tables (datasets, sequences partitioned by dataset) and answers the
+few queries the pipeline needs; anything richer is done in Python on top, so
+every backend returns the same rows in the same order.
+"""
+from __future__ import annotations
+
+import abc
+from collections.abc import Collection, Iterable, Iterator
+from typing import Any
+
+from classification.utils import InputError
+
+DEFAULT_MEGADB = 'megadb.sqlite'
+
+
+class MegaDB(abc.ABC):
+    """A store of dataset entries and sequence documents."""
+
+    @abc.abstractmethod
+    def upsert_dataset(self, doc: dict[str, Any]) -> None:
+        """Adds or replaces a dataset entry (validated by the caller)."""
+
+    @abc.abstractmethod
+    def get_datasets(self) -> dict[str, dict[str, Any]]:
+        """Every dataset entry, keyed by dataset name."""
+
+    @abc.abstractmethod
+    def replace_sequences(self, dataset: str, docs: Iterable[dict[str, Any]]) -> int:
+        """Replaces all sequences of ``dataset`` with ``docs``; returns how many were written."""
+
+    @abc.abstractmethod
+    def query_sequences(self, dataset: str, classes: Collection[str] | None = None
+                        ) -> Iterator[dict[str, Any]]:
+        """Sequences of ``dataset`` in which some image has one of ``classes``
+        (all sequences when ``classes`` is None), ordered by ``seq_id``."""
+
+    @abc.abstractmethod
+    def dataset_classes(self, dataset: str) -> dict[str, int]:
+        """Number of images per class in ``dataset``."""
+
+    def close(self) -> None:
+        """Releases connections."""
+
+    def __enter__(self) -> MegaDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_megadb(uri: str) -> MegaDB:
+    """Opens a database: a file path (SQLite, created if missing)."""
+    from data_management.megadb.sqlite_db import SQLiteMegaDB
+    if not uri:
+        raise InputError('no MegaDB given (use --megadb PATH)')
+    return SQLiteMegaDB(uri)

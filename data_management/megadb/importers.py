@@ -1,0 +1,104 @@
+"""Turning public dataset files into MegaDB documents.
+
+``coco_to_sequences`` reads COCO Camera Traps JSON (the format of the LILA
+datasets): images carry ``location``, ``seq_id``, ``frame_num``, ``datetime``,
+``width`` and ``height``; annotations carry ``category_id`` and, for some, a
+``bbox`` in pixels. Image-level classes and normalized boxes come out.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+from classification.utils import InputError
+from data_management.megadb.schema import check_sequence_doc
+
+PERSON_NAMES = {'person', 'human', 'people'}
+VEHICLE_NAMES = {'vehicle', 'car', 'truck'}
+
+
+def _box_category(name: str) -> str:
+    if name in PERSON_NAMES:
+        return 'person'
+    if name in VEHICLE_NAMES:
+        return 'vehicle'
+    return 'animal'
+
+
+def coco_to_sequences(coco: Any, dataset: str, source: str) -> list[dict[str, Any]]:
+    """Sequence documents for one dataset from a COCO Camera Traps document.
+
+    Images without annotations are left out (they carry no label). Raises
+    InputError naming ``source``, the record and the field that is wrong.
+    """
+    if not isinstance(coco, Mapping):
+        raise InputError(f'{source}: expected a COCO Camera Traps JSON object')
+    for key in ('images', 'annotations', 'categories'):
+        if not isinstance(coco.get(key), list):
+            raise InputError(f'{source}: missing "{key}" list (is this COCO Camera Traps JSON?)')
+    categories: dict[Any, str] = {}
+    for i, cat in enumerate(coco['categories']):
+        if not isinstance(cat, Mapping) or 'id' not in cat or not isinstance(cat.get('name'), str):
+            raise InputError(f'{source}: categories[{i}] needs "id" and "name"')
+        categories[cat['id']] = cat['name'].strip().lower()
+    images: dict[Any, Mapping[str, Any]] = {}
+    for i, img in enumerate(coco['images']):
+        if not isinstance(img, Mapping) or 'id' not in img or not isinstance(
+                img.get('file_name'), str):
+            raise InputError(f'{source}: images[{i}] needs "id" and "file_name"')
+        if img['id'] in images:
+            raise InputError(f'{source}: images[{i}]: duplicate image id {img["id"]!r}')
+        images[img['id']] = img
+    classes: dict[Any, set[str]] = defaultdict(set)
+    boxes: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for i, ann in enumerate(coco['annotations']):
+        if not isinstance(ann, Mapping):
+            raise InputError(f'{source}: annotations[{i}]: expected an object')
+        img = images.get(ann.get('image_id'))
+        if img is None:
+            raise InputError(f'{source}: annotations[{i}]: unknown image_id {ann.get("image_id")!r}')
+        name = categories.get(ann.get('category_id'))
+        if name is None:
+            raise InputError(
+                f'{source}: annotations[{i}]: unknown category_id {ann.get("category_id")!r}')
+        classes[img['id']].add(name)
+        bbox = ann.get('bbox')
+        if bbox is None:
+            continue
+        w, h = img.get('width'), img.get('height')
+        if not isinstance(w, (int, float)) or not isinstance(h, (int, float)) or w <= 0 or h <= 0:
+            raise InputError(f'{source}: image {img["file_name"]}: a box needs the image '
+                             '"width" and "height"')
+        if (not isinstance(bbox, list) or len(bbox) != 4
+                or not all(isinstance(v, (int, float)) for v in bbox)):
+            raise InputError(f'{source}: annotations[{i}]: "bbox" must be [x, y, width, height] '
+                             'in pixels')
+        x, y, bw, bh = (float(v) for v in bbox)
+        norm = [x / w, y / h, bw / w, bh / h]
+        norm = [min(max(v, 0.0), 1.0) for v in norm]
+        boxes[img['id']].append({'category': _box_category(name),
+                                 'bbox': [round(v, 4) for v in norm]})
+
+    seqs: dict[str, dict[str, Any]] = {}
+    for img_id, img in images.items():
+        if img_id not in classes:
+            continue
+        seq_id = str(img.get('seq_id', img_id))
+        seq = seqs.setdefault(seq_id, {'dataset': dataset, 'seq_id': seq_id, 'images': []})
+        if img.get('location') is not None:
+            seq['location'] = str(img['location'])
+        entry: dict[str, Any] = {'file': img['file_name'], 'class': sorted(classes[img_id])}
+        if isinstance(img.get('frame_num'), int):
+            entry['frame_num'] = img['frame_num']
+        if img.get('datetime') is not None:
+            entry['datetime'] = str(img['datetime'])
+        if boxes.get(img_id):
+            entry['bbox'] = boxes[img_id]
+        seq['images'].append(entry)
+    out = []
+    for seq_id in sorted(seqs):
+        seq = seqs[seq_id]
+        seq['images'].sort(key=lambda im: (im.get('frame_num', 0), im['file']))
+        out.append(check_sequence_doc(seq, f'{source}: sequence'))
+    return out

@@ -1,0 +1,154 @@
+"""The MegaDetector batch-output format (read by Timelapse), read and checked.
+
+A document looks like::
+
+    {"info": {"format_version": "1.4", "detector": "md_v5a.0.0.pt", ...},
+     "detection_categories": {"1": "animal", "2": "person", "3": "vehicle"},
+     "images": [{"file": "loc1/img.jpg", "max_detection_conf": 0.9,
+                 "detections": [{"category": "1", "conf": 0.9,
+                                 "bbox": [x_min, y_min, width, height]}]},
+                {"file": "loc1/bad.jpg", "failure": "Failure image access"}]}
+
+Boxes are normalized to [0, 1] with the origin at the top left.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from classification.utils import InputError, check_detector_version, read_json, write_json
+
+DEFAULT_DETECTION_CATEGORIES = {'1': 'animal', '2': 'person', '3': 'vehicle'}
+FORMAT_VERSION = '1.4'
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One box of one image, with its index in the image's detection list."""
+    image_file: str
+    index: int
+    category: str
+    conf: float
+    bbox: tuple[float, float, float, float]
+
+
+def check_document(doc: Any, source: str) -> dict[str, Any]:
+    """Checks the parts of a detector-output document that the pipeline relies on.
+
+    Raises InputError naming the file, the image and the field that is wrong.
+    """
+    if not isinstance(doc, dict):
+        raise InputError(f'{source}: expected a MegaDetector output JSON object')
+    images = doc.get('images')
+    if not isinstance(images, list):
+        raise InputError(f'{source}: missing "images" list (is this MegaDetector output?)')
+    cats = doc.get('detection_categories', DEFAULT_DETECTION_CATEGORIES)
+    if not isinstance(cats, dict):
+        raise InputError(f'{source}: "detection_categories" must be an object')
+    for i, img in enumerate(images):
+        if not isinstance(img, dict) or not isinstance(img.get('file'), str):
+            raise InputError(f'{source}: images[{i}] has no "file" string')
+        dets = img.get('detections')
+        if dets is None:
+            continue
+        if not isinstance(dets, list):
+            raise InputError(f'{source}: {img["file"]}: "detections" must be a list')
+        for j, det in enumerate(dets):
+            where = f'{source}: {img["file"]}: detection {j}'
+            if not isinstance(det, dict):
+                raise InputError(f'{where}: expected an object')
+            bbox = det.get('bbox')
+            if (not isinstance(bbox, list) or len(bbox) != 4
+                    or not all(isinstance(v, (int, float)) for v in bbox)):
+                raise InputError(f'{where}: "bbox" must be [x, y, width, height]')
+            conf = det.get('conf')
+            if not isinstance(conf, (int, float)) or not math.isfinite(conf):
+                raise InputError(f'{where}: "conf" must be a number')
+            if str(det.get('category')) not in cats:
+                raise InputError(f'{where}: unknown category {det.get("category")!r}')
+    return doc
+
+
+def iter_detections(doc: Mapping[str, Any], threshold: float = 0.0,
+                    categories: set[str] | None = None) -> Iterator[Detection]:
+    """Boxes with conf >= threshold (and of the given categories), in file order.
+
+    ``index`` is the box's position in the image's full detection list, so crop
+    names stay the same whatever the threshold.
+    """
+    for img in doc['images']:
+        for idx, det in enumerate(img.get('detections') or []):
+            cat = str(det['category'])
+            if det['conf'] < threshold or (categories is not None and cat not in categories):
+                continue
+            yield Detection(img['file'], idx, cat, float(det['conf']),
+                            tuple(float(v) for v in det['bbox']))  # type: ignore[arg-type]
+
+
+def animal_category_ids(doc: Mapping[str, Any]) -> set[str]:
+    """The category ids named 'animal' (the ones classifiers are run on)."""
+    cats = doc.get('detection_categories', DEFAULT_DETECTION_CATEGORIES)
+    return {k for k, v in cats.items() if str(v).lower() == 'animal'}
+
+
+def detector_name(doc: Mapping[str, Any]) -> str | None:
+    """``info.detector`` if present."""
+    info = doc.get('info')
+    if isinstance(info, dict) and isinstance(info.get('detector'), str):
+        return str(info['detector'])
+    return None
+
+
+# ---------------------------------------------------------------- the detector output cache
+
+def cache_path(cache_dir: str | os.PathLike[str], version: str, dataset: str) -> Path:
+    """``<cache_dir>/v<version>/<dataset>.json``."""
+    check_detector_version(version)
+    if not dataset or '/' in dataset or dataset in ('.', '..'):
+        raise InputError(f'dataset name {dataset!r} cannot be a cache file name')
+    return Path(cache_dir) / f'v{version}' / f'{dataset}.json'
+
+
+def load_cache(cache_dir: str | os.PathLike[str], version: str, dataset: str
+               ) -> dict[str, Any] | None:
+    """The cached detector output of a dataset, or None if there is none."""
+    path = cache_path(cache_dir, version, dataset)
+    if not path.exists():
+        return None
+    return check_document(read_json(path), str(path))
+
+
+def merge_into_cache(cache_dir: str | os.PathLike[str], version: str, dataset: str,
+                     doc: Mapping[str, Any]) -> tuple[int, int]:
+    """Merges new results for a dataset into its cache file (atomically).
+
+    Image paths may carry a leading ``<dataset>/``, which is removed. Results
+    for the same image replace the cached ones; other images are kept.
+    Returns (images added or replaced, images in the cache now).
+    """
+    old = load_cache(cache_dir, version, dataset)
+    cats = dict(doc.get('detection_categories', DEFAULT_DETECTION_CATEGORIES))
+    images: dict[str, dict[str, Any]] = {}
+    if old is not None:
+        old_cats = old.get('detection_categories', DEFAULT_DETECTION_CATEGORIES)
+        if old_cats != cats:
+            raise InputError(f'{cache_path(cache_dir, version, dataset)}: cached detection '
+                             f'categories {old_cats} differ from the new ones {cats}')
+        images = {img['file']: img for img in old['images']}
+    prefix = f'{dataset}/'
+    n_new = 0
+    for img in doc['images']:
+        img = dict(img)
+        if img['file'].startswith(prefix):
+            img['file'] = img['file'][len(prefix):]
+        images[img['file']] = img
+        n_new += 1
+    info = dict(doc.get('info', {}))
+    merged = {'info': info, 'detection_categories': cats,
+              'images': [images[k] for k in sorted(images)]}
+    write_json(merged, cache_path(cache_dir, version, dataset))
+    return n_new, len(images)
