@@ -76,7 +76,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert('RGB')
 
 
-def load_image(source: str | os.PathLike[str] | Any) -> Image.Image:
+def load_image(source: Any) -> Image.Image:
     """Opens a photo (path or file object), applies its EXIF orientation, returns RGB.
 
     Raises OSError / UnidentifiedImageError for truncated or non-image files.

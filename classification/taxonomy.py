@@ -179,7 +179,7 @@ def _parse_selection(obj: Mapping[str, Any], where: str) -> Selection:
     raw_dl = obj.get('dataset_labels', {})
     if not isinstance(raw_dl, Mapping):
         raise InputError(f'{where}: "dataset_labels" must map dataset names to label lists')
-    pairs = []
+    pairs: list[DatasetLabel] = []
     for ds, labels in raw_dl.items():
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
             raise InputError(f'{where}: dataset_labels[{ds!r}] must be a list of strings')

@@ -31,7 +31,6 @@ import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -67,7 +66,7 @@ def label_sampler(labels: np.ndarray, generator: torch.Generator) -> WeightedRan
     """Samples every label equally often (weights 1 / crops of the label)."""
     counts = np.bincount(labels)
     w = 1.0 / counts[labels]
-    return WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(labels),
+    return WeightedRandomSampler(w.tolist(), len(labels),
                                  replacement=True, generator=generator)
 
 
@@ -84,14 +83,14 @@ def train(args: argparse.Namespace, run_dir: Path) -> pd.DataFrame:
     for split in ('train', 'val'):
         if frames[split].empty:
             raise utils.InputError(f'{args.dataset_dir}: the {split} split has no crops')
-    for split, df in frames.items():
+    for df in frames.values():
         df['weight'] = example_weights(df, args.weight_by_detection_conf)
     device = train_utils.pick_device(args.device)
     seed_everything(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 
     model = train_utils.build_model(args.model_name, len(labels), args.pretrained)
-    model = model.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr,
                                   weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(args.epochs, 1))
@@ -169,16 +168,9 @@ def train(args: argparse.Namespace, run_dir: Path) -> pd.DataFrame:
     best_ckpt = run_dir / f'ckpt_{best_epoch}.pt'
     state, _ = train_utils.checkpoint_state_dict(best_ckpt)
     model.load_state_dict(state)
-    results = {}
-    for split, df in frames.items():
-        if df.empty:
-            continue
-        loader = train_utils.make_loader(train_utils.CropDataset(
-            args.cropped_images_dir, df['path'].tolist(), df['label_idx'].tolist(),
-            df['weight'].tolist(), train_utils.eval_transform(size), size),
-            args.batch_size, args.num_workers, device)
-        results[split] = train_utils.run_epoch(model, loader, device, num_classes=len(labels),
-                                               desc=f'final {split}')
+    results = train_utils.evaluate_frames(model, frames, args.cropped_images_dir, size,
+                                          args.batch_size, args.num_workers, device,
+                                          len(labels))
     table = train_utils.write_evaluation(run_dir, {s: frames[s] for s in results}, results,
                                          labels)
     compiled = train_utils.export_torchscript(model, args.model_name, size,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import urllib.error
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +107,7 @@ def build_model(model_name: str, num_classes: int, pretrained: bool | str = Fals
                 filename = os.path.basename(weights.url)
                 raise utils.InputError(f'cannot download ImageNet weights for {model_name} '
                                        f'({e}); {_hub_hint(filename)}') from e
-            model.fc = nn.Linear(model.fc.in_features, num_classes)
+            model.fc = nn.Linear(final_layer(model).in_features, num_classes)
         else:
             model = torchvision.models.get_model(model_name, weights=None,
                                                  num_classes=num_classes)
@@ -142,7 +143,9 @@ def export_torchscript(model: nn.Module, model_name: str, image_size: int, path:
     plain swish, which TorchScript accepts and which gives identical outputs.
     """
     model = model.eval().cpu()
-    with torch.no_grad():
+    # TorchScript is deprecated upstream but is the file format users' tools load
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)
         if model_name in EFFICIENTNET_MODELS:
             model.set_swish(memory_efficient=False)  # type: ignore[operator]
             example = torch.zeros(1, 3, image_size, image_size)
@@ -150,8 +153,8 @@ def export_torchscript(model: nn.Module, model_name: str, image_size: int, path:
             model.set_swish(memory_efficient=True)  # type: ignore[operator]
         else:
             scripted = torch.jit.script(model)
-    with utils.atomic_path(path) as tmp:
-        torch.jit.save(scripted, str(tmp))
+        with utils.atomic_path(path) as tmp:
+            torch.jit.save(scripted, str(tmp))
     return path
 
 
@@ -164,7 +167,9 @@ def compiled_path(ckpt_path: str | os.PathLike[str]) -> Path:
 def load_torchscript(path: str | os.PathLike[str], device: torch.device) -> torch.jit.ScriptModule:
     """Loads a TorchScript classifier; a plain checkpoint gets a clear error."""
     try:
-        model = torch.jit.load(str(path), map_location=device)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', FutureWarning)
+            model = torch.jit.load(str(path), map_location=device)
     except FileNotFoundError as e:
         raise utils.InputError(f'{path}: file not found') from e
     except (RuntimeError, ValueError) as e:
@@ -204,7 +209,7 @@ def eval_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
     ])
 
 
-def open_crop(path: str | os.PathLike[str], image_size: int) -> Image.Image:
+def open_crop(path: Path, image_size: int) -> Image.Image:
     """Decodes a crop as RGB, letting libjpeg downscale (draft mode) while the
     result stays at least ``image_size`` on both sides."""
     with Image.open(path) as img:
@@ -272,22 +277,14 @@ class EpochResult:
 
 
 def run_epoch(model: nn.Module, loader: DataLoader[Any], device: torch.device,
-              optimizer: torch.optim.Optimizer | None = None, num_classes: int | None = None,
-              desc: str = '') -> EpochResult:
-    """One pass over ``loader``: trains when ``optimizer`` is given, else evaluates.
-
-    With ``num_classes``, the softmax outputs of every row are kept (``probs``).
-    """
+              optimizer: torch.optim.Optimizer | None = None, desc: str = '') -> EpochResult:
+    """One pass over ``loader``: trains when ``optimizer`` is given, else evaluates."""
     from tqdm import tqdm
     training = optimizer is not None
     model.train(training)
     n_seen = 0
     sums = np.zeros(6)  # loss, top1, top3, weighted loss, weighted top1, weighted top3
     total_w = 0.0
-    probs_out: np.ndarray | None = None
-    if num_classes is not None:
-        probs_out = np.zeros((len(loader.dataset), num_classes),  # type: ignore[arg-type]
-                             dtype=np.float32)
     unreadable: list[int] = []
     with torch.set_grad_enabled(training):
         for x, y, w, idx in tqdm(loader, desc=desc, leave=False, disable=None):
@@ -317,11 +314,9 @@ def run_epoch(model: nn.Module, loader: DataLoader[Any], device: torch.device,
                 sums[3:] += batch[3:].sum(dim=1).cpu().numpy()
                 n_seen += len(y)
                 total_w += float(w.sum())
-                if probs_out is not None:
-                    probs_out[idx.numpy()] = logits.float().softmax(dim=1).cpu().numpy()
     n, tw = max(n_seen, 1), max(total_w, 1e-8)
     return EpochResult(sums[0] / n, sums[1] / n, sums[2] / n, sums[3] / tw, sums[4] / tw,
-                       sums[5] / tw, probs_out, tuple(unreadable))
+                       sums[5] / tw, None, tuple(unreadable))
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
@@ -408,3 +403,89 @@ def checkpoint_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, Any],
     if isinstance(ckpt, dict):
         return ckpt, {}
     raise utils.InputError(f'{path}: expected a checkpoint dict')
+
+
+def is_torchscript_file(path: str | os.PathLike[str]) -> bool:
+    """TorchScript archives hold a ``code/`` folder; torch.save checkpoints do not."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any('/code/' in n or n.startswith('code/') for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module | torch.jit.ScriptModule,
+                  loader: DataLoader[Any], device: torch.device, num_outputs: int,
+                  bf16: bool = False, desc: str = 'classifying') -> tuple[np.ndarray, list[int]]:
+    """Softmax outputs for every row of the loader's dataset (rows that could
+    not be read are left at zero and returned as the second value).
+
+    ``bf16`` runs the model under bfloat16 autocast (CPU with AMX/AVX-512 bf16,
+    or CUDA); probabilities then differ from float32 in about the third digit.
+    """
+    from tqdm import tqdm
+    model.eval()
+    probs = np.zeros((len(loader.dataset), num_outputs), dtype=np.float32)  # type: ignore
+    unreadable: list[int] = []
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    for x, y, _, idx in tqdm(loader, desc=desc, leave=False, disable=None):
+        ok = y >= 0
+        if not bool(ok.all()):
+            unreadable.extend(int(i) for i in idx[~ok])
+            x, idx = x[ok], idx[ok]
+            if len(idx) == 0:
+                continue
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with autocast:
+            logits = model(x)
+        if logits.shape[1] != num_outputs:
+            raise utils.InputError(f'the model has {logits.shape[1]} outputs but '
+                                   f'{num_outputs} categories were given')
+        probs[idx.numpy()] = logits.float().softmax(dim=1).cpu().numpy()
+    return probs, sorted(unreadable)
+
+
+def metrics_from_probs(probs: np.ndarray, y: np.ndarray, w: np.ndarray,
+                       unreadable: Sequence[int] = ()) -> EpochResult:
+    """Loss (cross-entropy of the probabilities) and top-1/top-3 accuracy, plain
+    and weighted, over the readable rows."""
+    keep = np.ones(len(y), dtype=bool)
+    keep[list(unreadable)] = False
+    p, yy, ww = probs[keep], y[keep], w[keep].astype(np.float64)
+    if len(yy) == 0:
+        return EpochResult(float('nan'), float('nan'), float('nan'), float('nan'),
+                           float('nan'), float('nan'), probs, tuple(unreadable))
+    loss = -np.log(np.clip(p[np.arange(len(yy)), yy], 1e-12, None))
+    order = np.argsort(-p, axis=1, kind='stable')
+    hit1 = order[:, 0] == yy
+    hit3 = (order[:, :3] == yy[:, None]).any(axis=1)
+    tw = max(ww.sum(), 1e-12)
+    return EpochResult(float(loss.mean()), float(hit1.mean()), float(hit3.mean()),
+                       float((loss * ww).sum() / tw), float((hit1 * ww).sum() / tw),
+                       float((hit3 * ww).sum() / tw), probs, tuple(unreadable))
+
+
+def evaluate_frames(model: nn.Module | torch.jit.ScriptModule, frames: dict[str, pd.DataFrame],
+                    crops_dir: str, image_size: int, batch_size: int, num_workers: int,
+                    device: torch.device, num_outputs: int,
+                    aggregate: np.ndarray | None = None) -> dict[str, EpochResult]:
+    """Runs the model on every split; ``aggregate`` (outputs x labels, 0/1) sums
+    model outputs into the dataset's labels (for a classifier with other labels)."""
+    results = {}
+    for split, df in frames.items():
+        if df.empty:
+            continue
+        loader = make_loader(CropDataset(crops_dir, df['path'].tolist(),
+                                         df['label_idx'].tolist(), df['weight'].tolist(),
+                                         eval_transform(image_size), image_size),
+                             batch_size, num_workers, device)
+        probs, bad = predict_probs(model, loader, device, num_outputs, desc=f'eval {split}')
+        if aggregate is not None:
+            probs = probs @ aggregate
+        if bad:
+            logger.warning('%s: %d crops could not be read and were left out', split, len(bad))
+        results[split] = metrics_from_probs(probs, df['label_idx'].to_numpy(),
+                                            df['weight'].to_numpy(), bad)
+    return results

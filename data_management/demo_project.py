@@ -118,7 +118,7 @@ def _scene(location_seed: int, width: int, height: int) -> np.ndarray:
     """The background of one camera location, float32 HxWx3 in [0, 255]."""
     rng = np.random.default_rng(location_seed)
     img = Image.new('RGB', (width, height))
-    draw = ImageDraw.Draw(img)
+    draw: Any = ImageDraw.Draw(img)  # drawing calls take lists; Pillow's stubs want tuples
     horizon = int(height * rng.uniform(0.25, 0.55))
     sky_top = rng.uniform([90, 120, 160], [170, 200, 240])
     sky_bottom = sky_top + rng.uniform(20, 50)
@@ -147,10 +147,10 @@ def _scene(location_seed: int, width: int, height: int) -> np.ndarray:
         draw.ellipse([x - cw, base - tree_h * 1.25, x + cw, base - tree_h * 0.55], fill=leaf)
     # rocks and bushes
     for _ in range(int(rng.integers(3, 12))):
-        x, y = rng.uniform(0, width), rng.uniform(horizon, height)
-        s = rng.uniform(0.02, 0.08) * width * (y - horizon + 50) / height
+        x, yb = rng.uniform(0, width), rng.uniform(horizon, height)
+        r = rng.uniform(0.02, 0.08) * width * (yb - horizon + 50) / height
         col = tuple(int(v) for v in rng.uniform([80, 80, 70], [160, 150, 140]))
-        draw.ellipse([x - s, y - s * 0.6, x + s, y + s * 0.3], fill=col)
+        draw.ellipse([x - r, yb - r * 0.6, x + r, yb + r * 0.3], fill=col)
     arr = np.asarray(img, dtype=np.float32)
     # grass / soil texture: smooth noise upscaled from a coarse grid, plus fine grain
     coarse = rng.normal(0, 1, size=(height // 24 + 1, width // 24 + 1)).astype(np.float32)
@@ -171,7 +171,7 @@ def _c(rgb: Sequence[float], rng: np.random.Generator, jitter: float = 0.12
 def _draw_animal(cls: str, rng: np.random.Generator) -> Image.Image:
     """An RGBA sprite of one animal facing right, on a transparent 400x300 canvas."""
     im = Image.new('RGBA', (400, 300), (0, 0, 0, 0))
-    d = ImageDraw.Draw(im)
+    d: Any = ImageDraw.Draw(im)
     if cls == 'deer':
         body = _c((150, 100, 60), rng)
         leg = _c((110, 75, 45), rng)

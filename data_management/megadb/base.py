@@ -41,6 +41,7 @@ class MegaDB(abc.ABC):
     def dataset_classes(self, dataset: str) -> dict[str, int]:
         """Number of images per class in ``dataset``."""
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Releases connections."""
 

@@ -64,7 +64,8 @@ class SQLiteMegaDB(MegaDB):
         with self.conn:  # one transaction: a failed import leaves the old rows
             self.conn.execute('DELETE FROM sequences WHERE dataset = ?', (dataset,))
             self.conn.execute('DELETE FROM sequence_classes WHERE dataset = ?', (dataset,))
-            seq_rows, class_rows = [], []
+            seq_rows: list[tuple[Any, ...]] = []
+            class_rows: list[tuple[Any, ...]] = []
             for doc in docs:
                 if doc['dataset'] != dataset:
                     raise InputError(f'sequence {doc["seq_id"]}: dataset {doc["dataset"]!r} '
