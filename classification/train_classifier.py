@@ -150,7 +150,7 @@ def train(args: argparse.Namespace, run_dir: Path) -> pd.DataFrame:
             with utils.atomic_path(last) as tmp:
                 torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
                             'scheduler': scheduler.state_dict(), 'epoch': epoch,
-                            'best_acc': best_acc, 'best_epoch': best_epoch,
+                            'best_acc': float(best_acc), 'best_epoch': best_epoch,
                             'torch_rng': torch.get_rng_state(),
                             'sampler_rng': gen.get_state()}, tmp)
             logger.info('epoch %d: train loss %.3f top-1 %.3f | val loss %.3f top-1 %.3f%s '

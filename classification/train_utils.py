@@ -315,8 +315,9 @@ def run_epoch(model: nn.Module, loader: DataLoader[Any], device: torch.device,
                 n_seen += len(y)
                 total_w += float(w.sum())
     n, tw = max(n_seen, 1), max(total_w, 1e-8)
-    return EpochResult(sums[0] / n, sums[1] / n, sums[2] / n, sums[3] / tw, sums[4] / tw,
-                       sums[5] / tw, None, tuple(unreadable))
+    return EpochResult(float(sums[0] / n), float(sums[1] / n), float(sums[2] / n),
+                       float(sums[3] / tw), float(sums[4] / tw), float(sums[5] / tw), None,
+                       tuple(unreadable))
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:

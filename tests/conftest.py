@@ -1,0 +1,95 @@
+"""Shared fixtures: a small generated demo project, and the pipeline run on it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_management.demo_project import DATASETS, generate
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_PHOTOS = REPO.parent / 'shared' / 'data' / 'real_camera_traps'
+
+
+def run_module(module: str, *args: str, stdin: str | None = None, check: bool = True,
+               cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Runs ``python -m module args`` in a subprocess (for pipes and exit codes)."""
+    proc = subprocess.run([sys.executable, '-m', module, *args], input=stdin, text=True,
+                          capture_output=True, cwd=cwd or REPO,
+                          env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+    if check and proc.returncode != 0:
+        raise AssertionError(f'{module} exited {proc.returncode}:\n{proc.stderr[-3000:]}')
+    return proc
+
+
+@pytest.fixture(scope='session')
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small demo project: 8 locations, 640x480 photos."""
+    out = tmp_path_factory.mktemp('project')
+    generate(out, seed=3, locations=8, sequences_per_location=8, new_images=12,
+             new_locations=2, width=640, height=480, workers=2)
+    return out
+
+
+@pytest.fixture(scope='session')
+def megadb(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's COCO files imported into an SQLite MegaDB."""
+    from data_management.megadb import import_dataset
+    db = tmp_path_factory.mktemp('db') / 'megadb.sqlite'
+    for ds in DATASETS:
+        assert import_dataset.main([str(db), '--dataset', ds, '--coco',
+                                    str(project / 'coco' / f'{ds}.json'),
+                                    '--images-root', str(project / 'images' / ds)]) == 0
+    return db
+
+
+@pytest.fixture(scope='session')
+def base_logdir(project: Path, megadb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Steps 3-7 run on the project: spec, query, cache, crops, dataset and splits."""
+    from classification import (
+        cache_batchapi_outputs,
+        create_classification_dataset,
+        csv_to_json,
+        detect_and_crop,
+        json_validator,
+    )
+    root = tmp_path_factory.mktemp('pipeline')
+    base = root / 'base'
+    assert csv_to_json.main([str(project / 'label_spec.csv'), str(base / 'label_spec.json')]) == 0
+    assert json_validator.main([str(base / 'label_spec.json'), str(project / 'taxonomy.csv'),
+                                '--megadb', str(megadb), '-o', str(base)]) == 0
+    for ds in DATASETS:
+        assert cache_batchapi_outputs.main([str(project / 'detections' / f'{ds}.json'), '-f',
+                                            'detections', '-d', ds, '-c', str(root / 'mdcache'),
+                                            '-v', '5a']) == 0
+    assert detect_and_crop.main([str(base / 'queried_images.json'), str(base), '-c',
+                                 str(root / 'mdcache'), '-v', '5a', '-p', str(root / 'crops'),
+                                 '-i', str(project / 'images'), '--square-crops', '-t', '0.5',
+                                 '-n', '2']) == 0
+    assert create_classification_dataset.main([
+        str(base), '--mode', 'csv', 'splits', '-q', str(base / 'queried_images.json'),
+        '-c', str(root / 'crops'), '-d', str(root / 'mdcache'), '-v', '5a', '-t', '0.5',
+        '--val-frac', '0.2', '--test-frac', '0.2', '--num-trials', '500']) == 0
+    return base
+
+
+@pytest.fixture(scope='session')
+def trained_run(base_logdir: Path) -> Path:
+    """A tiny ResNet-18 trained for 2 epochs at 32 px; returns its run folder."""
+    from classification import train_classifier
+    crops = base_logdir.parent / 'crops'
+    assert train_classifier.main([str(base_logdir), str(crops), '-m', 'resnet18',
+                                  '--image-size', '32', '--epochs', '2', '--batch-size', '16',
+                                  '--logdir', str(base_logdir / 'runs'), '--num-workers', '0',
+                                  '--seed', '1', '--label-weighted']) == 0
+    (run,) = list((base_logdir / 'runs').iterdir())
+    return run
+
+
+def read_json(path: Path) -> dict:
+    with open(path) as f:
+        return json.load(f)

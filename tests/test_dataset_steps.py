@@ -1,0 +1,145 @@
+"""cache_batchapi_outputs, detect_and_crop and create_classification_dataset."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from classification import cache_batchapi_outputs, create_classification_dataset, utils
+from classification import detect_and_crop as dac
+from detection.detector_output import load_cache
+from tests.conftest import read_json
+
+
+def _md(files, conf=0.9):
+    return {'info': {'detector': 'md_v5a.0.0.pt'}, 'detection_categories': {'1': 'animal'},
+            'images': [{'file': f, 'detections': [{'category': '1', 'conf': conf,
+                                                   'bbox': [0.1, 0.1, 0.2, 0.2]}]}
+                       for f in files]}
+
+
+def test_cache_merges_without_losing_images(tmp_path):
+    (tmp_path / 'a.json').write_text(json.dumps(_md(['ds/x.jpg', 'ds/y.jpg'], 0.5)))
+    (tmp_path / 'b.json').write_text(json.dumps(_md(['y.jpg', 'z.jpg'], 0.7)))
+    for f in ('a.json', 'b.json'):
+        assert cache_batchapi_outputs.main([str(tmp_path / f), '-f', 'detections', '-d', 'ds',
+                                            '-c', str(tmp_path / 'mdcache')]) == 0
+    cache = load_cache(tmp_path / 'mdcache', '5a.0.0', 'ds')   # version from info.detector
+    confs = {img['file']: img['detections'][0]['conf'] for img in cache['images']}
+    assert confs == {'x.jpg': 0.5, 'y.jpg': 0.7, 'z.jpg': 0.7}
+
+
+def test_cache_rejects_bad_detections(tmp_path, capsys):
+    doc = _md(['a.jpg'])
+    doc['images'][0]['detections'][0]['bbox'] = [0.1, 0.2]
+    (tmp_path / 'a.json').write_text(json.dumps(doc))
+    rc = utils.run_cli(lambda: cache_batchapi_outputs.main(
+        [str(tmp_path / 'a.json'), '-f', 'detections', '-d', 'ds', '-c', str(tmp_path)]))
+    assert rc == 2 and 'a.jpg: detection 0: "bbox"' in capsys.readouterr().err
+
+
+def test_detect_and_crop_outputs(base_logdir):
+    crops = base_logdir.parent / 'crops'
+    queried = read_json(base_logdir / 'queried_images.json')
+    names = [p.relative_to(crops).as_posix() for p in crops.rglob('*.jpg')]
+    gt = [n for n in names if '_mdv' not in n]
+    det = [n for n in names if n.endswith('_mdv5a.jpg')]
+    assert gt and det and len(gt) + len(det) == len(names)
+    for n in gt:
+        image, idx, _ = utils.parse_crop_filename(n)
+        assert 'bbox' in queried[image] and idx < len(queried[image]['bbox'])
+    for n in det:
+        image, _, _ = utils.parse_crop_filename(n)
+        assert 'bbox' not in queried[image]
+    (log,) = base_logdir.glob('detect_and_crop_log_*.json')
+    assert read_json(log)['failures'] == []
+
+
+def test_detect_and_crop_reports_uncached_images(tmp_path):
+    queried = {'ds/a.jpg': {'dataset': 'ds', 'location': 'L', 'class': 'c', 'label': ['c']}}
+    jobs, missing = dac.plan_jobs(queried, str(tmp_path / 'nocache'), '5a', str(tmp_path),
+                                  str(tmp_path / 'crops'), 0.5)
+    assert jobs == [] and missing == ['ds/a.jpg']
+
+
+def test_dataset_csv_and_label_index(base_logdir):
+    df = pd.read_csv(base_logdir / 'classification_ds.csv', dtype={'location': str})
+    assert list(df.columns) == create_classification_dataset.CSV_COLUMNS
+    crops = base_logdir.parent / 'crops'
+    assert all((crops / p).exists() for p in df['path'])
+    assert (df.loc[~df['path'].str.contains('_mdv'), 'confidence'] == 1.0).all()
+    assert (df.loc[df['path'].str.contains('_mdv'), 'confidence'] >= 0.5).all()
+    labels = utils.load_label_index(base_logdir / 'label_index.json')
+    assert labels == sorted(df['label'].unique())
+
+
+def test_splits_partition_the_locations(base_logdir):
+    df = pd.read_csv(base_logdir / 'classification_ds.csv', dtype={'location': str})
+    splits = read_json(base_logdir / 'splits.json')
+    locs = [tuple(x) for s in ('train', 'val', 'test') for x in splits[s]]
+    assert len(locs) == len(set(locs))
+    assert set(locs) == set(zip(df['dataset'], df['location'], strict=True))
+    assert all(splits[s] for s in ('train', 'val', 'test'))
+
+
+def _toy_frame(n_locs=20, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for loc in range(n_locs):
+        for label in ('a', 'b', 'c'):
+            for k in range(int(rng.integers(0, 12))):
+                rows.append((f'{loc}_{label}_{k}.jpg', f'd{loc % 2}', f'L{loc}', label, 1.0,
+                             label))
+    return pd.DataFrame(rows, columns=create_classification_dataset.CSV_COLUMNS)
+
+
+def test_random_split_is_seeded_and_close_to_the_fractions():
+    df = _toy_frame()
+    a = create_classification_dataset.split_random(df, 0.2, 0.2, seed=1, num_trials=2000)
+    b = create_classification_dataset.split_random(df, 0.2, 0.2, seed=1, num_trials=2000)
+    assert a == b
+    assert [len(a[s]) for s in ('train', 'val', 'test')] == [12, 4, 4]
+    summary = create_classification_dataset.split_summary(df, a)
+    fracs = summary.div(summary.sum(axis=1), axis=0)
+    assert ((fracs['test'] - 0.2).abs() < 0.12).all()
+
+
+def test_smallest_first_split():
+    df = _toy_frame()
+    s = create_classification_dataset.split_smallest_first(df, 0.2, 0.2)
+    assert sum(len(v) for v in s.values()) == 20 and s['test'] and s['val'] and s['train']
+    summary = create_classification_dataset.split_summary(df, s)
+    assert (summary['test'] > 0).all()
+
+
+def test_too_few_locations_is_an_input_error():
+    df = _toy_frame(n_locs=2)
+    with pytest.raises(utils.InputError, match='locations'):
+        create_classification_dataset.split_random(df, 0.4, 0.4, seed=0)
+
+
+def test_min_locs_and_match_test(base_logdir, tmp_path):
+    crops = base_logdir.parent / 'crops'
+    args = [str(tmp_path), '--mode', 'csv', 'splits', '-q',
+            str(base_logdir / 'queried_images.json'), '-c', str(crops), '--min-locs', '100',
+            '--val-frac', '0.2', '--test-frac', '0.2']
+    # every label is at fewer than 100 locations: nothing is left
+    assert utils.run_cli(lambda: create_classification_dataset.main(args)) == 2
+    out = tmp_path / 'matched'
+    assert create_classification_dataset.main([
+        str(out), '--mode', 'csv', 'splits', '-q', str(base_logdir / 'queried_images.json'),
+        '-c', str(crops), '--val-frac', '0.2', '--num-trials', '200', '--match-test',
+        str(base_logdir / 'classification_ds.csv'), str(base_logdir / 'splits.json')]) == 0
+    old, new = read_json(base_logdir / 'splits.json'), read_json(out / 'splits.json')
+    assert new['test'] == old['test']
+    assert not {tuple(x) for x in new['train'] + new['val']} & {tuple(x) for x in new['test']}
+
+
+def test_flag_combinations_are_checked(capsys):
+    with pytest.raises(SystemExit):
+        create_classification_dataset.parse_args(['out', '--mode', 'splits'])
+    assert '--val-frac' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        create_classification_dataset.parse_args(['out', '--mode', 'csv'])

@@ -1,0 +1,122 @@
+"""json_validator: spec validation and MegaDB queries -> queried_images.json."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from classification import json_validator, utils
+from classification.taxonomy import parse_label_spec
+from data_management.megadb.base import open_megadb
+from tests.conftest import read_json
+
+
+def _spec(tmp_path, spec):
+    path = tmp_path / 'spec.json'
+    path.write_text(json.dumps(spec))
+    return str(path)
+
+
+DEMO_SPEC = {'deer': {'taxa': [{'level': 'family', 'name': 'cervidae'}]},
+             'fox': {'taxa': [{'level': 'genus', 'name': 'vulpes'}]},
+             'bird': {'taxa': [{'level': 'class', 'name': 'aves'}]}}
+
+
+def test_queried_images_match_the_coco_labels(project, megadb, tmp_path):
+    spec = _spec(tmp_path, DEMO_SPEC)
+    assert json_validator.main([spec, str(project / 'taxonomy.csv'), '--megadb', str(megadb),
+                                '-o', str(tmp_path / 'out'), '--json-indent', '1']) == 0
+    out = read_json(tmp_path / 'out' / 'queried_images.json')
+    assert list(out) == sorted(out)
+    # expected straight from the COCO files
+    want = {}
+    label_of = {'white-tailed deer': 'deer', 'deer': 'deer', 'red fox': 'fox', 'fox': 'fox',
+                'wild turkey': 'bird', 'bird': 'bird'}
+    for ds in ('demo_forest', 'demo_plains'):
+        coco = read_json(project / 'coco' / f'{ds}.json')
+        cats = {c['id']: c['name'] for c in coco['categories']}
+        for a in coco['annotations']:
+            name = cats[a['category_id']]
+            if name in label_of:
+                want[a['image_id']] = label_of[name]
+    assert {k: v['label'] for k, v in out.items()} == {k: [v] for k, v in want.items()}
+    sample = next(v for v in out.values() if 'bbox' in v)
+    assert set(sample) == {'dataset', 'location', 'class', 'bbox', 'label'}
+    assert (tmp_path / 'out' / 'included_dataset_labels.txt').read_text().startswith('bird:')
+
+
+def test_validate_only_without_output_dir(project, tmp_path, capsys):
+    spec = _spec(tmp_path, DEMO_SPEC)
+    assert json_validator.main([spec, str(project / 'taxonomy.csv')]) == 0
+    assert 'valid' in capsys.readouterr().err
+
+
+def test_spec_errors_exit_2(project, tmp_path, capsys):
+    spec = _spec(tmp_path, {'x': {'taxa': [{'level': 'genus', 'name': 'felis'}]}})
+    assert utils.run_cli(lambda: json_validator.main([spec, str(project / 'taxonomy.csv')])) == 2
+    assert "label 'x': unknown taxon genus 'felis'" in capsys.readouterr().err
+
+
+def test_image_level_class_overrides_and_single_class_only(tmp_path):
+    db_path = tmp_path / 'm.sqlite'
+    with open_megadb(str(db_path)) as db:
+        db.upsert_dataset({'dataset_name': 'd', 'path_prefix': 'pre'})
+        db.replace_sequences('d', [
+            {'dataset': 'd', 'seq_id': 's1', 'location': 'L', 'class': ['deer'],
+             'images': [{'file': 'a.jpg'}, {'file': 'b.jpg', 'class': ['elk']},
+                        {'file': 'c.jpg', 'class': ['deer', 'elk']}]}])
+        out = json_validator.query_images(db, {'d': {'deer': ['cervid'], 'elk': ['elk']}})
+    assert out == {'d/pre/a.jpg': {'dataset': 'd', 'location': 'L', 'class': 'deer',
+                                   'label': ['cervid']},
+                   'd/pre/b.jpg': {'dataset': 'd', 'location': 'L', 'class': 'elk',
+                                   'label': ['elk']}}
+
+
+def test_mislabeled_images_dropped_or_corrected(tmp_path):
+    db_path = tmp_path / 'm.sqlite'
+    with open_megadb(str(db_path)) as db:
+        db.upsert_dataset({'dataset_name': 'd'})
+        db.replace_sequences('d', [{'dataset': 'd', 'seq_id': 's', 'class': ['deer'],
+                                    'images': [{'file': f'{i}.jpg'} for i in range(3)]}])
+        (tmp_path / 'mis').mkdir()
+        (tmp_path / 'mis' / 'd.csv').write_text('file,correct_class\n0.jpg,\n1.jpg,Elk\n')
+        out = json_validator.query_images(db, {'d': {'deer': ['deer'], 'elk': ['elk']}},
+                                          str(tmp_path / 'mis'))
+    assert {k: v['label'] for k, v in out.items()} == {'d/1.jpg': ['elk'], 'd/2.jpg': ['deer']}
+
+
+def test_max_count_honours_prioritize_and_seed():
+    images = {f'{ds}/{i}.jpg': {'dataset': ds, 'location': 'L', 'class': 'c', 'label': ['a']}
+              for ds in ('d1', 'd2', 'd3') for i in range(10)}
+    spec = parse_label_spec({'a': {'dataset_labels': {'d1': ['c']}, 'max_count': 15,
+                                   'prioritize': [['d2'], ['d3']]}}, 's')
+    out = json_validator.sample_max_count(images, spec, seed=1)
+    by_ds = Counter(v['dataset'] for v in out.values())
+    assert by_ds == {'d2': 10, 'd3': 5}
+    assert out == json_validator.sample_max_count(images, spec, seed=1)
+    assert out != json_validator.sample_max_count(images, spec, seed=2)
+    unlimited = parse_label_spec({'a': {'dataset_labels': {'d1': ['c']}}}, 's')
+    assert len(json_validator.sample_max_count(images, unlimited, seed=1)) == 30
+
+
+def test_min_locs_drops_rare_labels():
+    images = {'d/1': {'dataset': 'd', 'location': 'A', 'label': ['x']},
+              'd/2': {'dataset': 'd', 'location': 'B', 'label': ['x']},
+              'd/3': {'dataset': 'd', 'location': 'A', 'label': ['y']}}
+    out, rare = json_validator.drop_rare_labels(images, 2)
+    assert rare == ['y'] and sorted(out) == ['d/1', 'd/2']
+
+
+def test_missing_database_is_a_clear_error(project, tmp_path, capsys):
+    spec = _spec(tmp_path, DEMO_SPEC)
+    rc = utils.run_cli(lambda: json_validator.main([spec, str(project / 'taxonomy.csv'),
+                                                    '--megadb', str(tmp_path / 'no.sqlite'),
+                                                    '-o', str(tmp_path)]))
+    assert rc == 2 and 'no such database' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('flag', ['--seed', '--json-indent'])
+def test_flags_parse(flag):
+    args = json_validator.parse_args(['s.json', 't.csv', flag, '3'])
+    assert getattr(args, flag.lstrip('-').replace('-', '_')) == 3

@@ -1,0 +1,175 @@
+"""train_classifier, evaluate_model and train_utils (models, weights, TorchScript)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from classification import evaluate_model, train_classifier, train_utils, utils
+from tests.conftest import read_json
+
+
+def test_training_run_files(trained_run, base_logdir):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {'params.json', 'ckpt_last.pt', 'overall_metrics.csv', 'label_stats.csv',
+            'confusion_matrices.npz', 'outputs_train.csv.gz', 'outputs_val.csv.gz'} <= names
+    assert any(n.startswith('events.out.tfevents') for n in names)
+    params = read_json(trained_run / 'params.json')
+    assert params['model_name'] == 'resnet18' and params['image_size'] == 32
+    assert params['seed'] == 1 and params['label_weighted'] is True
+    labels = utils.load_label_index(base_logdir / 'label_index.json')
+    out = pd.read_csv(trained_run / 'outputs_val.csv.gz')
+    assert list(out.columns) == ['path', 'label', 'weight', *labels]
+    np.testing.assert_allclose(out[labels].sum(axis=1), 1.0, atol=1e-4)
+    metrics = pd.read_csv(trained_run / 'overall_metrics.csv')
+    assert list(metrics.columns) == ['split', 'loss', 'acc_top1', 'acc_top3', 'loss_weighted',
+                                     'acc_weighted_top1', 'acc_weighted_top3']
+    val = metrics.set_index('split').loc['val']
+    acc = (out[labels].to_numpy().argmax(axis=1) == out['label'].map(labels.index)).mean()
+    assert val['acc_top1'] == pytest.approx(acc)
+    cms = np.load(trained_run / 'confusion_matrices.npz')
+    assert cms['val'].sum() == len(out) and cms['val'].shape == (len(labels), len(labels))
+
+
+def test_torchscript_export_matches_the_checkpoint(trained_run, base_logdir):
+    (compiled,) = trained_run.glob('ckpt_*_compiled.pt')
+    ckpt = compiled.with_name(compiled.name.replace('_compiled', ''))
+    labels = utils.load_label_index(base_logdir / 'label_index.json')
+    model = train_utils.build_model('resnet18', len(labels))
+    state, _ = train_utils.checkpoint_state_dict(ckpt)
+    model.load_state_dict(state)
+    model.eval()
+    scripted = train_utils.load_torchscript(compiled, torch.device('cpu'))
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_resume_continues_from_the_last_epoch(trained_run, base_logdir, tmp_path, capsys):
+    import shutil
+    run = tmp_path / 'run'
+    shutil.copytree(trained_run, run)
+    params = read_json(run / 'params.json')
+    assert train_classifier.main([str(base_logdir), params['cropped_images_dir'],
+                                  '--resume', str(run), '--epochs', '3',
+                                  '--num-workers', '0']) == 0
+    err = capsys.readouterr().err
+    assert "resuming" in err and "at epoch 2" in err
+    last = torch.load(run / 'ckpt_last.pt', weights_only=True)
+    assert last['epoch'] == 2
+
+
+def test_evaluate_model_with_checkpoint_and_torchscript(trained_run, tmp_path):
+    (compiled,) = trained_run.glob('ckpt_*_compiled.pt')
+    ckpt = compiled.with_name(compiled.name.replace('_compiled', ''))
+    compiled.unlink()                                   # re-exported by evaluate_model
+    assert evaluate_model.main([str(trained_run / 'params.json'), str(ckpt), '-o',
+                                str(tmp_path / 'a'), '--splits', 'val']) == 0
+    assert compiled.exists()
+    assert evaluate_model.main([str(trained_run / 'params.json'), str(compiled), '-o',
+                                str(tmp_path / 'b'), '--splits', 'val']) == 0
+    a = pd.read_csv(tmp_path / 'a' / 'overall_metrics.csv')
+    b = pd.read_csv(tmp_path / 'b' / 'overall_metrics.csv')
+    assert list(a['split']) == ['val']
+    np.testing.assert_allclose(a['acc_top1'], b['acc_top1'])
+    np.testing.assert_allclose(a['loss'], b['loss'], rtol=1e-4)
+    stats = pd.read_csv(tmp_path / 'a' / 'label_stats.csv')
+    assert list(stats.columns) == ['split', 'label', 'precision', 'recall']
+
+
+def test_evaluate_model_target_mapping(trained_run, base_logdir, tmp_path):
+    """A 'classifier with other labels': each dataset label split into two model labels."""
+    labels = utils.load_label_index(base_logdir / 'label_index.json')
+    model_labels = [f'{lab}_{k}' for lab in labels for k in (1, 2)]
+    model = train_utils.build_model('resnet18', len(model_labels))
+    ts = train_utils.export_torchscript(model, 'resnet18', 32, tmp_path / 'other_compiled.pt')
+    (tmp_path / 'li.json').write_text(json.dumps(utils.label_index_dict(model_labels)))
+    (tmp_path / 'map.json').write_text(json.dumps(
+        {lab: [f'{lab}_1', f'{lab}_2'] for lab in labels}))
+    assert evaluate_model.main([str(trained_run / 'params.json'), str(ts), '-o',
+                                str(tmp_path / 'o'), '--splits', 'val', '--target-mapping',
+                                str(tmp_path / 'map.json'), '--label-index',
+                                str(tmp_path / 'li.json')]) == 0
+    out = pd.read_csv(tmp_path / 'o' / 'outputs_val.csv.gz')
+    np.testing.assert_allclose(out[labels].sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_efficientnet_trace_matches_eager(tmp_path):
+    model = train_utils.build_model('efficientnet-b0', 4).eval()
+    path = train_utils.export_torchscript(model, 'efficientnet-b0', 64, tmp_path / 'e.pt')
+    assert train_utils.is_torchscript_file(path)
+    scripted = train_utils.load_torchscript(path, torch.device('cpu'))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_pretrained_from_a_checkpoint_file_skips_the_final_layer(tmp_path):
+    donor = train_utils.build_model('resnet18', 7)
+    torch.save({'model': donor.state_dict(), 'epoch': 3}, tmp_path / 'donor.pt')
+    model = train_utils.build_model('resnet18', 3, str(tmp_path / 'donor.pt'))
+    torch.testing.assert_close(model.conv1.weight, donor.conv1.weight)
+    assert model.fc.out_features == 3
+
+
+def test_imagenet_weights_come_from_the_hub_cache(tmp_path, monkeypatch):
+    """What a user behind a firewall does: pre-place the file in $TORCH_HOME/hub/checkpoints."""
+    import torchvision
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    filename = weights.url.rsplit('/', 1)[1]
+    reference = torchvision.models.resnet18()
+    (tmp_path / 'hub' / 'checkpoints').mkdir(parents=True)
+    torch.save(reference.state_dict(), tmp_path / 'hub' / 'checkpoints' / filename)
+    model = train_utils.build_model('resnet18', 5, True)
+    torch.testing.assert_close(model.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
+    assert model.fc.out_features == 5
+
+
+def test_missing_imagenet_weights_explain_the_hub_cache(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
+
+    def offline(*a, **k):
+        raise urllib.error.URLError('no network')
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', offline)
+    with pytest.raises(utils.InputError, match='hub/checkpoints/resnet18-'):
+        train_utils.build_model('resnet18', 5, True)
+    assert torchvision.models.ResNet18_Weights.DEFAULT.url
+
+
+def test_load_torchscript_refuses_a_plain_checkpoint(tmp_path):
+    torch.save({'model': {}}, tmp_path / 'c.pt')
+    with pytest.raises(utils.InputError, match='not a TorchScript'):
+        train_utils.load_torchscript(tmp_path / 'c.pt', torch.device('cpu'))
+
+
+def test_weights_by_detection_conf(tmp_path):
+    df = pd.DataFrame({'confidence': [0.2, 0.5, 1.0]})
+    np.testing.assert_allclose(train_classifier.example_weights(df, False), 1.0)
+    np.testing.assert_allclose(train_classifier.example_weights(df, True), [0.2, 0.5, 1.0])
+    np.savez(tmp_path / 'cal.npz', x=np.array([0.0, 1.0]), y=np.array([0.0, 0.5]))
+    np.testing.assert_allclose(train_classifier.example_weights(df, str(tmp_path / 'cal.npz')),
+                               [0.1, 0.25, 0.5])
+
+
+def test_label_sampler_balances_labels():
+    labels = np.array([0] * 90 + [1] * 10)
+    sampler = train_classifier.label_sampler(labels, torch.Generator().manual_seed(0))
+    drawn = labels[list(sampler)]
+    assert 0.35 < drawn.mean() < 0.65
+
+
+def test_metrics_from_probs():
+    probs = np.array([[0.7, 0.2, 0.1, 0.0], [0.1, 0.2, 0.3, 0.4], [0.25, 0.25, 0.5, 0.0]])
+    y = np.array([0, 0, 1])
+    r = train_utils.metrics_from_probs(probs, y, np.array([1.0, 1.0, 2.0]))
+    assert r.acc_top1 == pytest.approx(1 / 3)
+    assert r.acc_top3 == pytest.approx(2 / 3)
+    assert r.acc_weighted_top1 == pytest.approx(1 / 4)
+    assert r.loss == pytest.approx(-np.mean(np.log([0.7, 0.1, 0.25])))
