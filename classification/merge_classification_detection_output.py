@@ -18,7 +18,6 @@ stdin; its label index JSON. Output: the merged JSON, or '-' for stdout.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -75,7 +74,10 @@ def merge(probs_df: pd.DataFrame, label_names: Sequence[str], detections: Mappin
         raise utils.InputError('classification CSV: probabilities must be numbers')
     lists = classification_lists(probs, threshold)
 
-    out = copy.deepcopy(dict(detections))
+    # copy only what gets changed: the image and detection dicts (not boxes, not extras)
+    out = dict(detections)
+    out['images'] = [{**img, 'detections': [dict(d) for d in img['detections']]}
+                     if img.get('detections') else dict(img) for img in detections['images']]
     by_file = {img['file']: img for img in out['images']}
     n_merged = 0
     for crop, image, idx, cls in zip(probs_df['path'], parsed['image'], parsed['idx'], lists,
@@ -116,6 +118,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              'info.classifier_metadata (not applied here)')
     parser.add_argument('-j', '--detection-json', required=True,
                         help='MegaDetector output JSON the crops came from')
+    parser.add_argument('--json-indent', type=utils.nonneg_int,
+                        help='indent the output JSON (default: compact, fastest)')
     return parser.parse_args(argv)
 
 
@@ -129,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     detections = check_document(utils.read_json(args.detection_json), args.detection_json)
     merged = merge(probs, labels, detections, args.threshold, args.classifier_name,
                    args.typical_confidence_threshold)
-    utils.write_json(merged, args.output_json, indent=1)
+    utils.write_json(merged, args.output_json, indent=args.json_indent)
     if args.output_json != '-':
         logger.info('wrote %d images to %s', len(merged['images']), args.output_json)
     return 0

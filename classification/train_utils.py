@@ -320,21 +320,17 @@ def run_epoch(model: nn.Module, loader: DataLoader[Any], device: torch.device,
                        tuple(unreadable))
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
-    """n x n counts, rows = true label, columns = prediction."""
-    cm = np.zeros((n, n), dtype=np.int64)
-    np.add.at(cm, (y_true, y_pred), 1)
-    return cm
-
-
-def label_stats(cm: np.ndarray, labels: Sequence[str], split: str) -> pd.DataFrame:
-    """Precision and recall of each label from a confusion matrix."""
-    tp = np.diag(cm).astype(np.float64)
-    with np.errstate(divide='ignore', invalid='ignore'):
-        precision = np.where(cm.sum(axis=0) > 0, tp / cm.sum(axis=0), np.nan)
-        recall = np.where(cm.sum(axis=1) > 0, tp / cm.sum(axis=1), np.nan)
-    return pd.DataFrame({'split': split, 'label': list(labels), 'precision': precision,
-                         'recall': recall})
+def label_stats(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str],
+                split: str) -> tuple[np.ndarray, pd.DataFrame]:
+    """(confusion matrix with rows = truth, per-label precision and recall) via scikit-learn;
+    a label never predicted (or never present) gets NaN precision (or recall)."""
+    from sklearn.metrics import confusion_matrix, precision_score, recall_score
+    idx = list(range(len(labels)))
+    cm = confusion_matrix(y_true, y_pred, labels=idx)
+    precision = precision_score(y_true, y_pred, labels=idx, average=None, zero_division=np.nan)
+    recall = recall_score(y_true, y_pred, labels=idx, average=None, zero_division=np.nan)
+    return cm, pd.DataFrame({'split': split, 'label': list(labels), 'precision': precision,
+                             'recall': recall})
 
 
 def write_evaluation(out_dir: Path, split_frames: dict[str, pd.DataFrame],
@@ -355,9 +351,8 @@ def write_evaluation(out_dir: Path, split_frames: dict[str, pd.DataFrame],
         out = pd.concat([out, pd.DataFrame(probs, columns=list(labels))], axis=1)
         utils.write_csv(out, out_dir / f'outputs_{split}.csv.gz')
         y_true = np.array([label_to_idx[lab] for lab in sub['label']], dtype=np.int64)
-        cm = confusion_matrix(y_true, probs.argmax(axis=1), len(labels))
-        cms[split] = cm
-        stats.append(label_stats(cm, labels, split))
+        cms[split], stats_split = label_stats(y_true, probs.argmax(axis=1), labels, split)
+        stats.append(stats_split)
         overall.append({'split': split, **res.metrics()})
     table = pd.DataFrame(overall)
     utils.write_csv(table, out_dir / 'overall_metrics.csv')

@@ -133,8 +133,9 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 def write_json(obj: Any, path: str | os.PathLike[str], indent: int | None = None) -> None:
     """Writes JSON atomically (or to stdout for '-')."""
+    text = json.dumps(obj, indent=indent, ensure_ascii=False)  # one shot: the C encoder
     with open_output_text(path) as f:
-        json.dump(obj, f, indent=indent, ensure_ascii=False)
+        f.write(text)
         f.write('\n')
 
 

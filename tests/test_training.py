@@ -173,3 +173,13 @@ def test_metrics_from_probs():
     assert r.acc_top3 == pytest.approx(2 / 3)
     assert r.acc_weighted_top1 == pytest.approx(1 / 4)
     assert r.loss == pytest.approx(-np.mean(np.log([0.7, 0.1, 0.25])))
+
+
+def test_label_stats():
+    y_true = np.array([0, 0, 1, 1, 2])
+    y_pred = np.array([0, 1, 1, 1, 0])
+    cm, stats = train_utils.label_stats(y_true, y_pred, ['a', 'b', 'c', 'd'], 'val')
+    assert cm.tolist() == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+    assert stats['precision'].tolist()[:2] == [0.5, pytest.approx(2 / 3)]
+    assert stats['recall'].tolist()[:3] == [0.5, 1.0, 0.0]
+    assert np.isnan(stats['recall'].iloc[3]) and np.isnan(stats['precision'].iloc[3])
