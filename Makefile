@@ -4,6 +4,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# the independent MegaDetector-format validator, for tests only: the megadetector
+# package without its heavy dependencies (YOLOv5, matplotlib...), plus what the
+# validator module imports
+VALIDATOR := megadetector==10.0.28
+VALIDATOR_DEPS := opencv-python-headless send2trash jsonpickle humanfriendly python-dateutil requests
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test lint typecheck pytest venv clean
 
@@ -24,7 +30,12 @@ typecheck: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-pytest: $(STAMP)
+$(TEST_STAMP): $(STAMP) Makefile
+	$(PY) -m pip install --quiet --no-deps $(VALIDATOR)
+	$(PY) -m pip install --quiet $(VALIDATOR_DEPS)
+	touch $(TEST_STAMP)
+
+pytest: $(TEST_STAMP)
 	$(PY) -m pytest -q
 
 test: typecheck lint pytest

@@ -3,17 +3,38 @@
 Adds ``"classifications": [[category_id, confidence], ...]`` (sorted by
 decreasing confidence, only those of at least --threshold) to each detection
 whose crop was classified, and ``classification_categories`` plus the
-classifier's name and time to ``info``. Every other field of the detections
-JSON is kept. The result opens in Timelapse.
+classifier's name and time to ``info``. The result opens in Timelapse.
 
-Example:
+Two input modes:
+- --detection-json: MegaDetector output for new photos; crop paths are
+  ``<file>___cropNN_mdvX.jpg``. Every field of the detections JSON is kept.
+- --queried-images-json with --detector-output-cache-dir and
+  --detector-version: crops of a classification dataset (``<dataset>/<file>
+  ___cropNN[_mdvX].jpg``, e.g. evaluate_model's outputs_test.csv.gz). Boxes
+  come from the detector output cache, or from the ground truth (conf 1.0).
+  --datasets keeps some datasets; --samples-per-label samples crops per label.
+
+The CSV holds one probability column per label, a ``label`` column (the true
+label), or both. --label first|last adds the true label as category
+``1000000 + index`` with confidence 1.0 (named "label: <name>"); with a CSV
+of labels only, that is the whole list. --relative-conf replaces each
+confidence by how far it exceeds the true label's confidence (for finding
+mislabeled images in Timelapse).
+
+Examples:
     python -m classification.merge_classification_detection_output \
         classifier_output.csv.gz label_index.json \
         --detection-json detections.json --output-json merged.json \
         --classifier-name my-classifier --threshold 0.1
 
-Inputs: the run_classifier (or aggregate_classifier_probs) CSV, or '-' for
-stdin; its label index JSON. Output: the merged JSON, or '-' for stdout.
+    python -m classification.merge_classification_detection_output \
+        run1/outputs_test.csv.gz run1/label_index.json \
+        --queried-images-json run1/queried_images.json \
+        --detector-output-cache-dir mdcache --detector-version 5a \
+        --output-json outputs_test.json --classifier-name mine --label last
+
+Inputs: the CSV, or '-' for stdin; its label index JSON. Output: the merged
+JSON, or '-' for stdout.
 """
 from __future__ import annotations
 
@@ -27,11 +48,17 @@ import numpy as np
 import pandas as pd
 
 from classification import utils
-from detection.detector_output import FORMAT_VERSION, check_document
+from detection.detector_output import (
+    DEFAULT_DETECTION_CATEGORIES,
+    FORMAT_VERSION,
+    check_document,
+    load_cache,
+)
 
 logger = logging.getLogger(__name__)
 
 _CROP_PATTERN = r'^(?P<image>.+)___crop(?P<idx>\d{2})(?:_mdv(?P<ver>[^/]+))?\.jpg$'
+LABEL_ID_OFFSET = 1_000_000
 
 
 def _version_tuple(v: Any) -> tuple[int, ...]:
@@ -41,45 +68,128 @@ def _version_tuple(v: Any) -> tuple[int, ...]:
         return (0,)
 
 
-def classification_lists(probs: np.ndarray, threshold: float) -> list[list[list[Any]]]:
-    """Per row: [[category id, confidence], ...] of confidences >= threshold, highest first."""
-    order = np.argsort(-probs, axis=1, kind='stable')
-    sorted_p = np.take_along_axis(probs, order, axis=1)
-    keep = sorted_p >= threshold
-    out = []
-    for ids, ps, k in zip(order.tolist(), np.round(sorted_p, 4).tolist(), keep.tolist(),
-                          strict=True):
-        out.append([[str(i), p] for i, p, ok in zip(ids, ps, k, strict=True) if ok])
-    return out
+def classification_lists(df: pd.DataFrame, label_names: Sequence[str], threshold: float,
+                         label_pos: str | None = None, relative_conf: bool = False
+                         ) -> list[list[list[Any]]]:
+    """Per row: [[category id, confidence], ...] of confidences >= threshold,
+    highest first; plus the true label's entry first or last (``label_pos``)."""
+    has_preds = all(name in df.columns for name in label_names)
+    has_label = 'label' in df.columns
+    if not has_preds and not has_label:
+        raise utils.InputError('classification CSV needs a probability column per label of '
+                               'the label index, or a "label" column')
+    label_idx = None
+    if has_label:
+        name_to_idx = {name: i for i, name in enumerate(label_names)}
+        unknown = sorted(set(df['label'].astype(str)) - set(name_to_idx))
+        if unknown:
+            raise utils.InputError(f'classification CSV: labels {unknown[:5]} are not in the '
+                                   'label index')
+        label_idx = df['label'].astype(str).map(name_to_idx).to_numpy()
+    if relative_conf and (label_idx is None or not has_preds):
+        raise utils.InputError('--relative-conf needs both a "label" column and probabilities')
+    if not has_preds:
+        label_pos = label_pos or 'last'
+        lists: list[list[list[Any]]] = [[] for _ in range(len(df))]
+    else:
+        probs = df[list(label_names)].to_numpy(dtype=np.float64)
+        if not np.isfinite(probs).all():
+            raise utils.InputError('classification CSV: probabilities must be numbers')
+        if relative_conf:
+            assert label_idx is not None
+            own = probs[np.arange(len(probs)), label_idx]
+            probs = np.maximum(probs - own[:, None], 0.0)
+        order = np.argsort(-probs, axis=1, kind='stable')
+        sorted_p = np.round(np.take_along_axis(probs, order, axis=1), 4)
+        keep = sorted_p >= threshold
+        lists = [[[str(i), p] for i, p, ok in zip(ids, ps, k, strict=True) if ok]
+                 for ids, ps, k in zip(order.tolist(), sorted_p.tolist(), keep.tolist(),
+                                       strict=True)]
+    if label_pos is not None and label_idx is not None:
+        for lst, li in zip(lists, label_idx.tolist(), strict=True):
+            item = [str(li + LABEL_ID_OFFSET), 1.0]
+            if label_pos == 'first':
+                lst.insert(0, item)
+            else:
+                lst.append(item)
+    return lists
+
+
+def _parse_paths(paths: pd.Series) -> pd.DataFrame:
+    parsed = paths.astype(str).str.extract(_CROP_PATTERN)
+    bad = parsed['image'].isna()
+    if bad.any():
+        raise utils.InputError(f'classification CSV: {paths[bad].iloc[0]!r} is not a crop name '
+                               '(<image>___cropNN_mdvX.jpg)')
+    return parsed
+
+
+def queried_images_document(crop_paths: pd.Series, queried: Mapping[str, Any], cache_dir: str,
+                            version: str) -> dict[str, Any]:
+    """A detections document for classification-dataset crops: boxes from the
+    detector output cache, or from the ground truth (conf 1.0)."""
+    parsed = _parse_paths(crop_paths)
+    images: dict[str, dict[str, Any]] = {}
+    caches: dict[str, dict[str, Any]] = {}
+    categories: dict[str, str] | None = None
+    detector = None
+    for image, ver in sorted(set(zip(parsed['image'], parsed['ver'].fillna(''),
+                                     strict=True))):
+        if image in images:
+            continue
+        ds = image.split('/', 1)[0]
+        if ver:
+            if ver != version:
+                raise utils.InputError(f'crop of {image} is from MegaDetector v{ver}, not '
+                                       f'--detector-version {version}')
+            if ds not in caches:
+                cache = load_cache(cache_dir, version, ds)
+                if cache is None:
+                    raise utils.InputError(f'no cached detections for dataset {ds} in '
+                                           f'{cache_dir}/v{version}')
+                cats = dict(cache.get('detection_categories', DEFAULT_DETECTION_CATEGORIES))
+                if categories is not None and cats != categories:
+                    raise utils.InputError(f'dataset {ds}: detection categories differ between '
+                                           'cache files')
+                categories = cats
+                detector = detector or (cache.get('info') or {}).get('detector')
+                caches[ds] = {img['file']: img for img in cache['images']}
+            entry = caches[ds].get(image[len(ds) + 1:])
+            if entry is None:
+                raise utils.InputError(f'{image}: not in the detector output cache of {ds}')
+            images[image] = {**entry, 'file': image,
+                             'detections': [dict(d) for d in entry.get('detections') or []]}
+        else:
+            q = queried.get(image)
+            if q is None or not q.get('bbox'):
+                raise utils.InputError(f'{image}: no ground-truth boxes in the queried images')
+            cat_ids = {v: k for k, v in (categories or DEFAULT_DETECTION_CATEGORIES).items()}
+            images[image] = {'file': image, 'detections': [
+                {'category': cat_ids.get(b.get('category', 'animal'), '1'), 'conf': 1.0,
+                 'bbox': b['bbox']} for b in q['bbox']]}
+    for img in images.values():
+        dets = img.get('detections') or []
+        img['max_detection_conf'] = max((d['conf'] for d in dets), default=0.0)
+    return {'info': {'format_version': FORMAT_VERSION,
+                     **({'detector': detector} if detector else {})},
+            'detection_categories': categories or dict(DEFAULT_DETECTION_CATEGORIES),
+            'images': [images[k] for k in sorted(images)]}
 
 
 def merge(probs_df: pd.DataFrame, label_names: Sequence[str], detections: Mapping[str, Any],
-          threshold: float, classifier_name: str,
-          typical_threshold: float | None = None) -> dict[str, Any]:
+          threshold: float, classifier_name: str, typical_threshold: float | None = None,
+          label_pos: str | None = None, relative_conf: bool = False) -> dict[str, Any]:
     """Returns a new detections document with classifications; no files, no printing.
 
     Raises InputError naming a crop path that matches no detection.
     """
-    missing_cols = [c for c in ['path', *label_names] if c not in probs_df.columns]
-    if missing_cols:
-        raise utils.InputError(f'classification CSV lacks the column(s) {missing_cols[:5]} '
-                               '(does the label index belong to this CSV?)')
-    parsed = probs_df['path'].astype(str).str.extract(_CROP_PATTERN)
-    bad = parsed['image'].isna()
-    if bad.any():
-        raise utils.InputError(f'classification CSV: {probs_df["path"][bad].iloc[0]!r} is not a '
-                               'crop name (<image>___cropNN_mdvX.jpg)')
-    probs = probs_df[list(label_names)].to_numpy(dtype=np.float64)
-    if not np.isfinite(probs).all():
-        raise utils.InputError('classification CSV: probabilities must be numbers')
-    lists = classification_lists(probs, threshold)
-
+    parsed = _parse_paths(probs_df['path'])
+    lists = classification_lists(probs_df, label_names, threshold, label_pos, relative_conf)
     # copy only what gets changed: the image and detection dicts (not boxes, not extras)
     out = dict(detections)
     out['images'] = [{**img, 'detections': [dict(d) for d in img['detections']]}
                      if img.get('detections') else dict(img) for img in detections['images']]
     by_file = {img['file']: img for img in out['images']}
-    n_merged = 0
     for crop, image, idx, cls in zip(probs_df['path'], parsed['image'], parsed['idx'], lists,
                                      strict=True):
         img = by_file.get(image)
@@ -88,7 +198,6 @@ def merge(probs_df: pd.DataFrame, label_names: Sequence[str], detections: Mappin
         if img is None or i >= len(dets):
             raise utils.InputError(f'crop {crop!r} matches no detection in the detections JSON')
         dets[i]['classifications'] = cls
-        n_merged += 1
     info = dict(out.get('info') or {})
     if _version_tuple(info.get('format_version', '1.0')) < _version_tuple(FORMAT_VERSION):
         info['format_version'] = FORMAT_VERSION
@@ -99,40 +208,100 @@ def merge(probs_df: pd.DataFrame, label_names: Sequence[str], detections: Mappin
         meta['typical_classification_threshold'] = typical_threshold
         info['classifier_metadata'] = meta
     out['info'] = info
-    out['classification_categories'] = utils.label_index_dict(label_names)
-    logger.info('merged classifications into %d detections', n_merged)
+    categories = utils.label_index_dict(label_names)
+    if label_pos is not None or not all(n in probs_df.columns for n in label_names):
+        categories.update({str(i + LABEL_ID_OFFSET): f'label: {n}'
+                           for i, n in enumerate(label_names)})
+    out['classification_categories'] = categories
+    logger.info('merged classifications into %d detections', len(probs_df))
     return out
+
+
+def select_rows(df: pd.DataFrame, datasets: Sequence[str] | None, samples_per_label: int | None,
+                seed: int) -> pd.DataFrame:
+    """Rows of the given datasets (first path component); then at most
+    ``samples_per_label`` random rows per label (all rows of smaller labels)."""
+    if datasets:
+        ds = df['path'].astype(str).str.split('/', n=1).str[0]
+        unknown = sorted(set(datasets) - set(ds))
+        if unknown:
+            logger.warning('no crops from dataset(s) %s', unknown)
+        df = df[ds.isin(datasets)]
+    if samples_per_label is not None:
+        if 'label' not in df.columns:
+            raise utils.InputError('--samples-per-label needs a "label" column in the CSV')
+        rng = np.random.default_rng(seed)
+        keep = []
+        for _, idx in sorted(df.groupby('label').groups.items()):
+            idx = np.asarray(idx)
+            keep.extend(rng.choice(idx, size=min(samples_per_label, len(idx)), replace=False))
+        df = df.loc[sorted(keep)]
+    return df.reset_index(drop=True)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = utils.make_parser(__doc__)
-    parser.add_argument('classification_csv', help="run_classifier output CSV, or '-'")
+    parser.add_argument('classification_csv', help="run_classifier / evaluate_model CSV, or '-'")
     parser.add_argument('label_names_json', help='label index JSON of the CSV columns')
     parser.add_argument('-o', '--output-json', required=True, help="merged JSON, or '-'")
     parser.add_argument('-n', '--classifier-name', required=True,
                         help='name recorded in info.classifier')
     parser.add_argument('-t', '--threshold', type=utils.probability, default=0.1,
                         help='leave out categories below this confidence (default: 0.1)')
+    parser.add_argument('-d', '--datasets', nargs='*',
+                        help='with -q: keep crops of these datasets only')
     parser.add_argument('--typical-confidence-threshold', type=utils.probability,
                         help='a useful default threshold for users, recorded in '
                              'info.classifier_metadata (not applied here)')
-    parser.add_argument('-j', '--detection-json', required=True,
+    parser.add_argument('-j', '--detection-json',
                         help='MegaDetector output JSON the crops came from')
+    parser.add_argument('-q', '--queried-images-json',
+                        help='json_validator output (for classification-dataset crops)')
+    parser.add_argument('-c', '--detector-output-cache-dir', help='with -q: the mdcache folder')
+    parser.add_argument('-v', '--detector-version', help='with -q: MegaDetector version')
+    parser.add_argument('-s', '--samples-per-label', type=utils.positive_int,
+                        help='keep this many random crops per label')
+    parser.add_argument('--seed', type=int, default=123,
+                        help='seed for --samples-per-label (default: 123)')
+    parser.add_argument('--label', choices=['first', 'last'], default=None,
+                        help='add the true label (category 1000000 + index, conf 1.0) first or '
+                             'last in each list')
+    parser.add_argument('--relative-conf', action='store_true',
+                        help='confidence minus the true label\'s confidence (floored at 0)')
     parser.add_argument('--json-indent', type=utils.nonneg_int,
                         help='indent the output JSON (default: compact, fastest)')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.detection_json is None) == (args.queried_images_json is None):
+        parser.error('give exactly one of --detection-json and --queried-images-json')
+    if args.queried_images_json and not (args.detector_output_cache_dir
+                                         and args.detector_version):
+        parser.error('--queried-images-json needs --detector-output-cache-dir and '
+                     '--detector-version')
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
-    if args.classification_csv == '-' and args.detection_json == '-':
+    if args.classification_csv == '-' and '-' in (args.detection_json,
+                                                  args.queried_images_json):
         raise utils.InputError('only one input can be read from stdin')
     labels = utils.load_label_index(args.label_names_json)
-    probs = utils.read_csv(args.classification_csv, dtype={'path': str})
-    detections = check_document(utils.read_json(args.detection_json), args.detection_json)
-    merged = merge(probs, labels, detections, args.threshold, args.classifier_name,
-                   args.typical_confidence_threshold)
+    df = utils.read_csv(args.classification_csv, dtype={'path': str, 'label': str})
+    if 'path' not in df.columns:
+        raise utils.InputError(f'{args.classification_csv}: no "path" column')
+    df = select_rows(df, args.datasets, args.samples_per_label, args.seed)
+    if args.detection_json:
+        detections = check_document(utils.read_json(args.detection_json), args.detection_json)
+    else:
+        utils.check_detector_version(args.detector_version)
+        queried = utils.require_mapping(utils.read_json(args.queried_images_json),
+                                        args.queried_images_json)
+        detections = queried_images_document(df['path'], queried,
+                                             args.detector_output_cache_dir,
+                                             args.detector_version)
+    merged = merge(df, labels, detections, args.threshold, args.classifier_name,
+                   args.typical_confidence_threshold, args.label, args.relative_conf)
     utils.write_json(merged, args.output_json, indent=args.json_indent)
     if args.output_json != '-':
         logger.info('wrote %d images to %s', len(merged['images']), args.output_json)

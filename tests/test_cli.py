@@ -12,7 +12,8 @@ from tests.conftest import REPO, read_json, run_module
 
 STEPS = ['csv_to_json', 'json_validator', 'cache_batchapi_outputs', 'detect_and_crop',
          'create_classification_dataset', 'train_classifier', 'evaluate_model',
-         'crop_detections', 'run_classifier', 'merge_classification_detection_output']
+         'crop_detections', 'run_classifier', 'merge_classification_detection_output',
+         'map_classification_categories', 'aggregate_classifier_probs']
 
 
 @pytest.mark.parametrize('step', STEPS)
@@ -40,6 +41,18 @@ def test_usage_errors_exit_2_without_traceback(tmp_path):
     assert 'Traceback' not in proc.stderr
 
 
+def assert_valid_megadetector_output(path):
+    """The independent validator of the megadetector package (installed by make test)."""
+    from megadetector.postprocessing.validate_batch_results import (
+        ValidateBatchResultsOptions,
+        validate_batch_results,
+    )
+    options = ValidateBatchResultsOptions()
+    options.raise_errors = True
+    result = validate_batch_results(str(path), options)['validation_results']
+    assert result['errors'] == [] and result['warnings'] == [], result
+
+
 def test_demo_end_to_end(tmp_path):
     """make demo's script at reduced size: every step runs and the JSON is complete."""
     out = tmp_path / 'demo'
@@ -59,6 +72,7 @@ def test_demo_end_to_end(tmp_path):
                 assert d['classifications'], img['file']
                 n += 1
     assert n > 0
+    assert_valid_megadetector_output(out / 'new_photos' / 'detections_with_classifications.json')
     # rerunning replaces the demo's own folder but never a foreign one
     (tmp_path / 'foreign').mkdir()
     env['DEMO_DIR'] = str(tmp_path / 'foreign')

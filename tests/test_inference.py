@@ -146,6 +146,9 @@ def test_pipe_run_classifier_to_merge(project, new_crops, model_files, tmp_path)
                         stdin=first.stdout)
     merged = json.loads(second.stdout)
     assert merged['info']['classifier'] == 'piped'
+    (tmp_path / 'merged.json').write_text(second.stdout)
+    from tests.test_cli import assert_valid_megadetector_output
+    assert_valid_megadetector_output(tmp_path / 'merged.json')
     for img in merged['images']:
         for d in img.get('detections', []):
             assert ('classifications' in d) == (d['conf'] >= 0.2)
