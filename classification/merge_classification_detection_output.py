@@ -21,7 +21,7 @@ of labels only, that is the whole list. --relative-conf replaces each
 confidence by how far it exceeds the true label's confidence (for finding
 mislabeled images in Timelapse).
 
-Examples:
+Example:
     python -m classification.merge_classification_detection_output \
         classifier_output.csv.gz label_index.json \
         --detection-json detections.json --output-json merged.json \
@@ -231,9 +231,9 @@ def select_rows(df: pd.DataFrame, datasets: Sequence[str] | None, samples_per_la
         if 'label' not in df.columns:
             raise utils.InputError('--samples-per-label needs a "label" column in the CSV')
         rng = np.random.default_rng(seed)
-        keep = []
-        for _, idx in sorted(df.groupby('label').groups.items()):
-            idx = np.asarray(idx)
+        keep: list[int] = []
+        for _, group in sorted(df.groupby('label').groups.items()):
+            idx = np.asarray(group)
             keep.extend(rng.choice(idx, size=min(samples_per_label, len(idx)), replace=False))
         df = df.loc[sorted(keep)]
     return df.reset_index(drop=True)
