@@ -30,9 +30,10 @@ typecheck: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-$(TEST_STAMP): $(STAMP) Makefile
+$(TEST_STAMP): $(STAMP) Makefile package.json package-lock.json
 	$(PY) -m pip install --quiet --no-deps $(VALIDATOR)
 	$(PY) -m pip install --quiet $(VALIDATOR_DEPS)
+	npm ci --no-audit --no-fund --loglevel=error   # Azurite, pinned, for the blob tests
 	touch $(TEST_STAMP)
 
 pytest: $(TEST_STAMP)

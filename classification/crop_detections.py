@@ -5,20 +5,31 @@ Every detection with confidence at least --threshold becomes one RGB JPEG,
 in the image's detection list). EXIF orientation is applied first, as
 MegaDetector does. Crops already present are kept, so an interrupted run
 resumes. Photos that cannot be read, and boxes that have no area inside the
-photo, are logged and the run goes on.
+photo, are logged and the run goes on. Each photo is decoded once.
 
-Example:
+Photos are read from --images-dir; those not there are downloaded from
+--container-url (an Azure Blob Storage container URL with a SAS token; blob
+name = the image path in the detections JSON), and with --save-full-images
+kept in --images-dir.
+
+Examples:
     python -m classification.crop_detections detections.json crops \
         --images-dir photos --threshold 0.2 --square-crops --threads 4 --logdir .
+    python -m classification.crop_detections detections.json crops \
+        --container-url "https://account.blob.core.windows.net/photos?sv=...&sig=..." \
+        --images-dir photos --save-full-images --threads 16
 
 Writes ``<logdir>/crop_detections_log_<time>.json`` with every failed image and why.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from PIL import Image
 
 from classification import cropping, utils
 from detection.detector_output import check_document, detector_name, iter_detections
@@ -36,7 +47,7 @@ def resolve_version(doc: Mapping[str, Any], given: str | None, source: str) -> s
     return utils.detector_version_from_name(name)
 
 
-def plan_jobs(doc: Mapping[str, Any], images_dir: str, crops_dir: str, version: str,
+def plan_jobs(doc: Mapping[str, Any], images_dir: str | None, crops_dir: str, version: str,
               threshold: float) -> list[cropping.ImageJob]:
     """One job per photo with at least one box above the threshold, in file order."""
     by_image: dict[str, list[cropping.CropTask]] = {}
@@ -44,16 +55,49 @@ def plan_jobs(doc: Mapping[str, Any], images_dir: str, crops_dir: str, version: 
         name = utils.crop_filename(det.image_file, det.index, version)
         by_image.setdefault(det.image_file, []).append(
             cropping.CropTask(utils.safe_join(crops_dir, name), det.bbox))
-    return [cropping.ImageJob(f, utils.safe_join(images_dir, f), tuple(tasks))
+    return [cropping.ImageJob(f, utils.safe_join(images_dir, f) if images_dir else None,
+                              tuple(tasks))
             for f, tasks in by_image.items()]
+
+
+def blob_opener(container_url: str, save_full_images: bool
+                ) -> Callable[[cropping.ImageJob], Image.Image]:
+    """Reads a photo locally when present, else downloads it (and maybe keeps it)."""
+    from azure.core.exceptions import AzureError
+
+    from data_management import azure_blob
+    container = azure_blob.open_container(container_url)
+
+    def opener(job: cropping.ImageJob) -> Image.Image:
+        if job.source is not None and job.source.exists():
+            return cropping.load_image(job.source)
+        try:
+            data = azure_blob.download_bytes(container, job.key)
+        except azure_blob.BlobNotFound as e:
+            raise cropping.ImageUnavailable('blob not found in the container') from e
+        except AzureError as e:
+            raise cropping.ImageUnavailable(
+                f'download failed: {azure_blob.safe_error(e)}') from e
+        if save_full_images and job.source is not None:
+            with utils.atomic_path(job.source) as tmp:
+                tmp.write_bytes(data)
+        return cropping.load_image(io.BytesIO(data))
+
+    return opener
+
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = utils.make_parser(__doc__)
     parser.add_argument('detections_json', help="MegaDetector output JSON, or '-'")
     parser.add_argument('cropped_images_dir', help='where to write the crops')
-    parser.add_argument('-i', '--images-dir', required=True,
+    parser.add_argument('-i', '--images-dir',
                         help='folder the image paths of the detections are relative to')
+    parser.add_argument('-c', '--container-url',
+                        help='Azure Blob Storage container URL with SAS token, for photos not '
+                             'in --images-dir')
+    parser.add_argument('--save-full-images', action='store_true',
+                        help='keep downloaded photos in --images-dir')
     parser.add_argument('-v', '--detector-version',
                         help='version for crop names, e.g. 5a (default: from info.detector)')
     parser.add_argument('--square-crops', action='store_true',
@@ -65,7 +109,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('-n', '--threads', type=utils.positive_int, default=1,
                         help='threads reading and cropping photos (default: 1)')
     parser.add_argument('--logdir', default='.', help='folder for the log file (default: .)')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.images_dir is None and args.container_url is None:
+        parser.error('give --images-dir, --container-url, or both')
+    if args.save_full_images and not (args.images_dir and args.container_url):
+        parser.error('--save-full-images needs --container-url and --images-dir')
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,8 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc = check_document(utils.read_json(args.detections_json), args.detections_json)
     version = resolve_version(doc, args.detector_version, args.detections_json)
     jobs = plan_jobs(doc, args.images_dir, args.cropped_images_dir, version, args.threshold)
+    opener = blob_opener(args.container_url, args.save_full_images) if args.container_url \
+        else None
     report = cropping.run_crop_jobs(jobs, args.square_crops, args.check_crops_valid,
-                                    args.threads)
+                                    args.threads, opener)
     log = cropping.write_failure_log(report, args.logdir, 'crop_detections',
                                      {'detector_version': version})
     logger.info('%d images: %d crops written, %d already there, %d failed images; log: %s',

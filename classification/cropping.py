@@ -38,8 +38,12 @@ class CropTask:
 class ImageJob:
     """All crops of one photo."""
     key: str                     # the name to report (relative image path)
-    source: Path
+    source: Path | None          # local file (None: only in blob storage)
     crops: tuple[CropTask, ...]
+
+
+class ImageUnavailable(Exception):
+    """A photo could not be fetched; the message is the reason to log."""
 
 
 @dataclass
@@ -117,9 +121,17 @@ def crop_one_image(job: ImageJob, square: bool, check_valid: bool,
     if not todo:
         return report
     try:
-        img = opener(job) if opener is not None else load_image(job.source)
+        if opener is not None:
+            img = opener(job)
+        elif job.source is not None:
+            img = load_image(job.source)
+        else:
+            raise FileNotFoundError(job.key)
     except FileNotFoundError:
         report.failures[job.key] = 'image not found'
+        return report
+    except ImageUnavailable as e:
+        report.failures[job.key] = str(e)
         return report
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
         report.failures[job.key] = f'cannot decode image: {e}'

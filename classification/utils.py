@@ -61,6 +61,8 @@ def setup_logging(verbose: bool = False) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format='%(asctime)s %(levelname)s %(name)s: %(message)s',
         stream=sys.stderr, force=True)
+    # the Azure SDK logs every HTTP request at INFO; keep its warnings only
+    logging.getLogger('azure').setLevel(logging.WARNING)
 
 
 # ---------------------------------------------------------------- files

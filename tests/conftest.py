@@ -93,3 +93,21 @@ def trained_run(base_logdir: Path) -> Path:
 def read_json(path: Path) -> dict:
     with open(path) as f:
         return json.load(f)
+
+
+@pytest.fixture(scope='session')
+def azurite():
+    """Azurite (npm, pinned in package.json) on a free loopback port, for the session."""
+    from tests.emulators import Azurite
+    emulator = Azurite()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def fast_blob_retries(monkeypatch):
+    """Retries without the production back-off (seconds)."""
+    monkeypatch.setenv('CT_BLOB_RETRY_TOTAL', '3')
+    monkeypatch.setenv('CT_BLOB_INITIAL_BACKOFF', '0.05')
+    monkeypatch.setenv('CT_BLOB_INCREMENT_BASE', '0')
+    monkeypatch.setenv('CT_BLOB_READ_TIMEOUT', '5')
