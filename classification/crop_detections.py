@@ -1,6 +1,6 @@
 """Crop the MegaDetector boxes of new photos, ready for run_classifier.
 
-Every detection with confidence at least --threshold becomes one RGB JPEG,
+Every animal detection with confidence at least --threshold becomes one RGB JPEG,
 ``<cropped_images_dir>/<file>___cropNN_mdv<version>.jpg`` (NN = the box's index
 in the image's detection list). EXIF orientation is applied first, as
 MegaDetector does. Crops already present are kept, so an interrupted run
@@ -12,7 +12,7 @@ Photos are read from --images-dir; those not there are downloaded from
 name = the image path in the detections JSON), and with --save-full-images
 kept in --images-dir.
 
-Examples:
+Example:
     python -m classification.crop_detections detections.json crops \
         --images-dir photos --threshold 0.2 --square-crops --threads 4 --logdir .
     python -m classification.crop_detections detections.json crops \
@@ -32,7 +32,12 @@ from typing import Any
 from PIL import Image
 
 from classification import cropping, utils
-from detection.detector_output import check_document, detector_name, iter_detections
+from detection.detector_output import (
+    animal_category_ids,
+    check_document,
+    detector_name,
+    iter_detections,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +56,7 @@ def plan_jobs(doc: Mapping[str, Any], images_dir: str | None, crops_dir: str, ve
               threshold: float) -> list[cropping.ImageJob]:
     """One job per photo with at least one box above the threshold, in file order."""
     by_image: dict[str, list[cropping.CropTask]] = {}
-    for det in iter_detections(doc, threshold):
+    for det in iter_detections(doc, threshold, animal_category_ids(doc)):
         name = utils.crop_filename(det.image_file, det.index, version)
         by_image.setdefault(det.image_file, []).append(
             cropping.CropTask(utils.safe_join(crops_dir, name), det.bbox))

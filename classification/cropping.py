@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from classification import utils
@@ -87,8 +87,9 @@ def load_image(source: Any) -> Image.Image:
     """
     with Image.open(source) as img:
         img.load()
-        upright = ImageOps.exif_transpose(img)
-        return to_rgb(upright if upright is not None else img)
+        # in place: no copy of the whole photo when it is already upright
+        ImageOps.exif_transpose(img, in_place=True)
+        return to_rgb(img)
 
 
 def crop_is_valid(path: Path) -> bool:
@@ -157,7 +158,12 @@ def crop_one_image(job: ImageJob, square: bool, check_valid: bool,
 
 def run_crop_jobs(jobs: Sequence[ImageJob], square: bool, check_valid: bool, threads: int,
                   opener: Callable[[ImageJob], Image.Image] | None = None) -> CropReport:
-    """Crops all jobs on ``threads`` threads (Pillow decodes without the GIL)."""
+    """Crops all jobs on ``threads`` threads (Pillow decodes without the GIL).
+
+    A truncated photo is a failure, never a partly grey crop, even if another
+    library turned on Pillow's global LOAD_TRUNCATED_IMAGES (megadetector does).
+    """
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     total = CropReport()
     with tqdm(total=len(jobs), unit='img', desc='cropping', file=None,
               disable=None) as bar:

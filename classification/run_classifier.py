@@ -1,16 +1,20 @@
 """Run a TorchScript classifier on crops; write one probability per category.
 
-The crops to classify are listed from --detections-json (every detection with
-confidence at least --threshold, named as crop_detections names them), or
+The crops to classify are listed from --detections-json (every animal detection
+with confidence at least --threshold, named as crop_detections names them), or
 are all ``*.jpg`` files under crops_dir. Crops that are missing or cannot be
 read are reported on stderr with their count and left out of the output.
 Rows are sorted by path.
 
-Speed on CPUs: inputs are fed in channels-last layout (same numbers, faster
-convolutions). --bf16 runs the model under bfloat16 autocast, which is much
-faster on CPUs with AMX/AVX-512-BF16 and on GPUs, and changes probabilities in
-about the third decimal (top-1 labels very rarely). On a 2-core machine keep
---num-workers at 0-1: workers compete with the model for the cores.
+Speed on CPUs (measured in bench/bench_inference.py): the model is frozen with
+batch norms folded into the convolutions (torch.jit.optimize_for_inference)
+and fed channels-last inputs; this changes probabilities only at float32
+rounding level and is about 2x faster. JPEG crops are decoded at reduced
+scale when still at least --image-size (libjpeg draft mode). --bf16 runs the
+model under bfloat16 autocast: faster again on CPUs with AMX/AVX-512-BF16 and
+on GPUs, with probabilities off by up to about 0.01 (top-1 labels rarely
+change). Torch uses one thread per core; on a machine with few cores use
+--num-workers 0, since loader processes compete with the model for the cores.
 
 Example:
     python -m classification.run_classifier model_compiled.pt crops \
@@ -32,13 +36,18 @@ import pandas as pd
 import torch
 
 from classification import train_utils, utils
-from detection.detector_output import check_document, detector_name, iter_detections
+from detection.detector_output import (
+    animal_category_ids,
+    check_document,
+    detector_name,
+    iter_detections,
+)
 
 logger = logging.getLogger(__name__)
 
 
 def expected_crops(detections_json: str, threshold: float, version: str | None) -> list[str]:
-    """Crop paths (relative to the crops folder) for every detection >= threshold."""
+    """Crop paths (relative to the crops folder) for every animal detection >= threshold."""
     doc = check_document(utils.read_json(detections_json), detections_json)
     if version is None:
         name = detector_name(doc)
@@ -47,7 +56,7 @@ def expected_crops(detections_json: str, threshold: float, version: str | None) 
                                    '--detector-version')
         version = utils.detector_version_from_name(name)
     return [utils.crop_filename(d.image_file, d.index, version)
-            for d in iter_detections(doc, threshold)]
+            for d in iter_detections(doc, threshold, animal_category_ids(doc))]
 
 
 def list_crops(crops_dir: str, detections_json: str | None, threshold: float,
@@ -115,6 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         utils.check_detector_version(args.detector_version)
     device = train_utils.pick_device(args.device)
     model = train_utils.load_torchscript(args.model, device)
+    if args.bf16:
+        # autocast runs faster on the unfrozen graph with channels-last weights
+        model = model.to(memory_format=torch.channels_last)
+    elif device.type == 'cpu':
+        model = train_utils.optimize_for_cpu(model)
     crops, missing = list_crops(args.crops_dir, args.detections_json, args.threshold,
                                 args.detector_version)
     if args.classifier_categories:

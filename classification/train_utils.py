@@ -178,6 +178,19 @@ def load_torchscript(path: str | os.PathLike[str], device: torch.device) -> torc
     return model.eval()
 
 
+def optimize_for_cpu(model: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+    """Freezes a TorchScript model and folds batch norms into convolutions
+    (``torch.jit.optimize_for_inference``): about 2x faster on CPUs, outputs equal
+    to float32 rounding. Falls back to the model as loaded if that fails."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            return torch.jit.optimize_for_inference(model.eval())
+    except Exception as e:  # an unusual graph: keep the working model
+        logger.warning('TorchScript inference optimization failed (%s); running as loaded', e)
+        return model
+
+
 def pick_device(device: int | str | None = None) -> torch.device:
     """CUDA (the given index, or 0) when available, else the CPU."""
     if isinstance(device, str):
@@ -202,8 +215,11 @@ def train_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
 
 
 def eval_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
+    """As the original pipeline (and so MegaClassifier) expects: the shorter side
+    resized to ``image_size`` (bicubic), then a centred square crop."""
     return T.Compose([
-        T.Resize((image_size, image_size)),
+        T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(image_size),
         T.ToTensor(),
         T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])

@@ -73,7 +73,8 @@ def test_square_crop_is_padded_black(tmp_path):
 def test_threshold_keeps_box_indices(tmp_path):
     (tmp_path / 'img').mkdir()
     _photo().save(tmp_path / 'img' / 'a.jpg')
-    extra = [{'category': '2', 'conf': 0.95, 'bbox': [0.5, 0.5, 0.2, 0.2]}]
+    extra = [{'category': '1', 'conf': 0.95, 'bbox': [0.5, 0.5, 0.2, 0.2]},
+             {'category': '2', 'conf': 0.99, 'bbox': [0.1, 0.5, 0.2, 0.2]}]   # a person
     doc = _detections(['a.jpg'], conf=0.1, extra=extra)
     _run(tmp_path, doc, '-t', '0.5', '-v', '5a')
     assert sorted(p.name for p in (tmp_path / 'crops').iterdir()) == ['a.jpg___crop01_mdv5a.jpg']
@@ -117,7 +118,9 @@ def test_other_image_modes_become_rgb(tmp_path, maker):
         assert mean[0] > 180 and mean[2] < 80
 
 
-def test_bad_photos_are_logged_and_the_run_goes_on(tmp_path):
+def test_bad_photos_are_logged_and_the_run_goes_on(tmp_path, monkeypatch):
+    from PIL import ImageFile
+    monkeypatch.setattr(ImageFile, 'LOAD_TRUNCATED_IMAGES', True)   # as megadetector sets it
     img = tmp_path / 'img'
     img.mkdir()
     _photo().save(img / 'good.jpg')

@@ -151,7 +151,7 @@ def test_pipe_run_classifier_to_merge(project, new_crops, model_files, tmp_path)
     assert_valid_megadetector_output(tmp_path / 'merged.json')
     for img in merged['images']:
         for d in img.get('detections', []):
-            assert ('classifications' in d) == (d['conf'] >= 0.2)
+            assert ('classifications' in d) == (d['conf'] >= 0.2 and d['category'] == '1')
     assert pd.read_csv(io.StringIO(first.stdout))['path'].is_unique
 
 
