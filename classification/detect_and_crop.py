@@ -2,8 +2,8 @@
 
 For each image of queried_images.json, crops its ground-truth boxes when the
 database has them (crop names without a detector suffix), and otherwise the
-boxes of the detector output cache ``<cache>/v<version>/<dataset>.json`` whose
-confidence is at least --threshold (``..._mdv<version>.jpg``). Photos are read
+animal boxes of the detector output cache ``<cache>/v<version>/<dataset>.json``
+whose confidence is at least --threshold (``..._mdv<version>.jpg``). Photos are read
 from ``<images-dir>/<dataset>/<file>``; crops go to
 ``<cropped-images-dir>/<dataset>/<file>___cropNN[_mdv<version>].jpg``. Crops
 already present are kept, so a rerun resumes.
@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from classification import cropping, utils
-from detection.detector_output import load_cache
+from detection.detector_output import animal_category_ids, load_cache
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ def plan_jobs(queried: Mapping[str, Mapping[str, Any]], cache_dir: str, version:
     for ds in sorted(by_dataset):
         cache = None
         cached: dict[str, Any] = {}
+        animal: set[str] = set()
         for key in sorted(by_dataset[ds]):
             entry = queried[key]
             if not key.startswith(f'{ds}/'):
@@ -57,12 +58,13 @@ def plan_jobs(queried: Mapping[str, Mapping[str, Any]], cache_dir: str, version:
                 if cache is None:
                     cache = load_cache(cache_dir, version, ds) or {'images': []}
                     cached = {img['file']: img for img in cache['images']}
+                    animal = animal_category_ids(cache)
                 img = cached.get(file)
                 if img is None or 'failure' in img:
                     missing.append(key)
                     continue
                 for i, det in enumerate(img.get('detections') or []):
-                    if det['conf'] < threshold:
+                    if det['conf'] < threshold or str(det['category']) not in animal:
                         continue
                     name = utils.crop_filename(key, i, version)
                     tasks.append(cropping.CropTask(utils.safe_join(crops_dir, name),
