@@ -18,7 +18,7 @@ import logging
 from collections.abc import Sequence
 
 from classification import utils
-from detection.detector_output import check_document, detector_name, merge_into_cache
+from detection.detector_output import check_document, merge_into_cache, resolve_detector_version
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
     doc = check_document(utils.read_json(args.json_file), args.json_file)
-    version = args.detector_version
-    if version is None:
-        name = detector_name(doc)
-        if name is None:
-            raise utils.InputError(f'{args.json_file}: no info.detector; pass '
-                                   '--detector-version')
-        version = utils.detector_version_from_name(name)
-    utils.check_detector_version(version)
+    version = resolve_detector_version(doc, args.detector_version, args.json_file)
     n_new, n_total = merge_into_cache(args.detector_output_cache_dir, version, args.dataset, doc)
     logger.info('%s: cached %d images (now %d) for MegaDetector v%s', args.dataset, n_new,
                 n_total, version)

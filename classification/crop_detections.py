@@ -35,21 +35,11 @@ from classification import cropping, utils
 from detection.detector_output import (
     animal_category_ids,
     check_document,
-    detector_name,
     iter_detections,
+    resolve_detector_version,
 )
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_version(doc: Mapping[str, Any], given: str | None, source: str) -> str:
-    """--detector-version if given, else derived from info.detector by the one rule."""
-    if given is not None:
-        return utils.check_detector_version(given)
-    name = detector_name(doc)
-    if name is None:
-        raise utils.InputError(f'{source}: no info.detector; pass --detector-version')
-    return utils.detector_version_from_name(name)
 
 
 def plan_jobs(doc: Mapping[str, Any], images_dir: str | None, crops_dir: str, version: str,
@@ -126,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
     doc = check_document(utils.read_json(args.detections_json), args.detections_json)
-    version = resolve_version(doc, args.detector_version, args.detections_json)
+    version = resolve_detector_version(doc, args.detector_version, args.detections_json)
     jobs = plan_jobs(doc, args.images_dir, args.cropped_images_dir, version, args.threshold)
     opener = blob_opener(args.container_url, args.save_full_images) if args.container_url \
         else None

@@ -123,9 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           num_workers, device, len(model_labels), aggregate)
     table = train_utils.write_evaluation(Path(args.output_dir),
                                          {s: frames[s] for s in results}, results, labels)
-    for row in table.itertuples():
-        logger.info('%s: top-1 %.3f, top-3 %.3f, loss %.3f', row.split, row.acc_top1,
-                    row.acc_top3, row.loss)
+    train_utils.log_metrics(table)
     return 0
 
 

@@ -39,8 +39,8 @@ from classification import train_utils, utils
 from detection.detector_output import (
     animal_category_ids,
     check_document,
-    detector_name,
     iter_detections,
+    resolve_detector_version,
 )
 
 logger = logging.getLogger(__name__)
@@ -49,12 +49,7 @@ logger = logging.getLogger(__name__)
 def expected_crops(detections_json: str, threshold: float, version: str | None) -> list[str]:
     """Crop paths (relative to the crops folder) for every animal detection >= threshold."""
     doc = check_document(utils.read_json(detections_json), detections_json)
-    if version is None:
-        name = detector_name(doc)
-        if name is None:
-            raise utils.InputError(f'{detections_json}: no info.detector; pass '
-                                   '--detector-version')
-        version = utils.detector_version_from_name(name)
+    version = resolve_detector_version(doc, version, detections_json)
     return [utils.crop_filename(d.image_file, d.index, version)
             for d in iter_detections(doc, threshold, animal_category_ids(doc))]
 

@@ -247,9 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     utils.write_text(json.dumps(params, indent=1) + '\n', run_dir / 'params.json')
     logger.info('run folder: %s', run_dir)
     table = train(args, run_dir)
-    for row in table.itertuples():
-        logger.info('%s: top-1 %.3f, top-3 %.3f, loss %.3f', row.split, row.acc_top1,
-                    row.acc_top3, row.loss)
+    train_utils.log_metrics(table)
     return 0
 
 

@@ -379,6 +379,13 @@ def write_evaluation(out_dir: Path, split_frames: dict[str, pd.DataFrame],
     return table
 
 
+def log_metrics(table: pd.DataFrame) -> None:
+    """One log line per split of an overall_metrics table."""
+    for row in table.itertuples():
+        logger.info('%s: top-1 %.3f, top-3 %.3f, loss %.3f', row.split, row.acc_top1,
+                    row.acc_top3, row.loss)
+
+
 def load_split_frames(dataset_dir: str | os.PathLike[str], labels: Sequence[str],
                       splits: Sequence[str]) -> dict[str, pd.DataFrame]:
     """Rows of classification_ds.csv per split (by location), with label_idx and weight."""

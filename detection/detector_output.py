@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from classification.utils import InputError, check_detector_version, read_json, write_json
+from classification.utils import (
+    InputError,
+    check_detector_version,
+    detector_version_from_name,
+    read_json,
+    write_json,
+)
 
 DEFAULT_DETECTION_CATEGORIES = {'1': 'animal', '2': 'person', '3': 'vehicle'}
 FORMAT_VERSION = '1.4'
@@ -93,6 +99,17 @@ def animal_category_ids(doc: Mapping[str, Any]) -> set[str]:
     """The category ids named 'animal' (the ones classifiers are run on)."""
     cats = doc.get('detection_categories', DEFAULT_DETECTION_CATEGORIES)
     return {k for k, v in cats.items() if str(v).lower() == 'animal'}
+
+
+def resolve_detector_version(doc: Mapping[str, Any], given: str | None, source: str) -> str:
+    """``given`` (--detector-version) if set, else derived from info.detector by the
+    one rule of classification.utils.detector_version_from_name."""
+    if given is not None:
+        return check_detector_version(given)
+    name = detector_name(doc)
+    if name is None:
+        raise InputError(f'{source}: no info.detector; pass --detector-version')
+    return detector_version_from_name(name)
 
 
 def detector_name(doc: Mapping[str, Any]) -> str | None:
