@@ -8,11 +8,12 @@ label_stats.csv).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import urllib.error
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,8 @@ def compiled_path(ckpt_path: str | os.PathLike[str]) -> Path:
 
 def load_torchscript(path: str | os.PathLike[str], device: torch.device) -> torch.jit.ScriptModule:
     """Loads a TorchScript classifier; a plain checkpoint gets a clear error."""
+    if not Path(path).is_file():
+        raise utils.InputError(f'{path}: model file not found')
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', FutureWarning)
@@ -179,16 +182,30 @@ def load_torchscript(path: str | os.PathLike[str], device: torch.device) -> torc
 
 
 def optimize_for_cpu(model: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
-    """Freezes a TorchScript model and folds batch norms into convolutions
-    (``torch.jit.optimize_for_inference``): about 2x faster on CPUs, outputs equal
-    to float32 rounding. Falls back to the model as loaded if that fails."""
+    """Freezes a TorchScript model (weights become constants) for CPU inference.
+
+    Run it under ``onednn_fusion()``, which lets oneDNN fuse convolutions with
+    their batch norms and activations: outputs equal to float32 rounding,
+    about 1.5x faster than the model as loaded. Falls back to the model as
+    loaded if freezing fails.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            return torch.jit.optimize_for_inference(model.eval())
+            return torch.jit.freeze(model.eval())
     except Exception as e:  # an unusual graph: keep the working model
-        logger.warning('TorchScript inference optimization failed (%s); running as loaded', e)
+        logger.warning('freezing the TorchScript model failed (%s); running as loaded', e)
         return model
+
+
+@contextlib.contextmanager
+def onednn_fusion(enabled: bool = True) -> Iterator[None]:
+    """Turns on TorchScript's oneDNN graph fusion (a process-wide switch) for a block."""
+    torch.jit.enable_onednn_fusion(enabled)
+    try:
+        yield
+    finally:
+        torch.jit.enable_onednn_fusion(False)
 
 
 def pick_device(device: int | str | None = None) -> torch.device:
