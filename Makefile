@@ -33,7 +33,7 @@ lint: $(STAMP)
 $(TEST_STAMP): $(STAMP) Makefile package.json package-lock.json
 	$(PY) -m pip install --quiet --no-deps $(VALIDATOR)
 	$(PY) -m pip install --quiet $(VALIDATOR_DEPS)
-	npm ci --no-audit --no-fund --loglevel=error   # Azurite, pinned, for the blob tests
+	npm ci --no-audit --no-fund --loglevel=error   # Azurite and cosmosdb-server, pinned
 	touch $(TEST_STAMP)
 
 pytest: $(TEST_STAMP)

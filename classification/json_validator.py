@@ -38,7 +38,7 @@ from classification.taxonomy import (
     parse_label_spec,
     resolve_label_spec,
 )
-from data_management.megadb.base import DEFAULT_MEGADB, MegaDB, open_megadb
+from data_management.megadb.base import DEFAULT_MEGADB, MegaDB, is_cosmos_uri, open_megadb
 from data_management.megadb.schema import image_classes
 
 logger = logging.getLogger(__name__)
@@ -150,8 +150,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('label_spec_json', help="label specification JSON, or '-'")
     parser.add_argument('taxonomy_csv', help='taxonomy CSV')
     parser.add_argument('--megadb', default=os.environ.get('MEGADB', DEFAULT_MEGADB),
-                        help='labeled-image database: an SQLite file (default: $MEGADB or '
-                             f'{DEFAULT_MEGADB})')
+                        help='labeled-image database: an SQLite file, or Azure Cosmos DB as '
+                             '"cosmos" (COSMOS_ENDPOINT) or its https:// endpoint, key in '
+                             f'COSMOS_KEY (default: $MEGADB or {DEFAULT_MEGADB})')
     parser.add_argument('--allow-multilabel', action='store_true',
                         help='allow a dataset label in several output labels')
     parser.add_argument('--min-locs', type=utils.positive_int,
@@ -181,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.mislabeled_images and not Path(args.mislabeled_images).is_dir():
         raise utils.InputError(f'--mislabeled-images {args.mislabeled_images}: not a folder')
-    if not Path(args.megadb).exists():
+    if not is_cosmos_uri(args.megadb) and not Path(args.megadb).exists():
         raise utils.InputError(f'--megadb {args.megadb}: no such database file (build one '
                                'with python -m data_management.megadb.import_dataset)')
     ds_to_labels = dataset_label_to_outputs(resolved)

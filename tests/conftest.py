@@ -111,3 +111,27 @@ def fast_blob_retries(monkeypatch):
     monkeypatch.setenv('CT_BLOB_INITIAL_BACKOFF', '0.05')
     monkeypatch.setenv('CT_BLOB_INCREMENT_BASE', '0')
     monkeypatch.setenv('CT_BLOB_READ_TIMEOUT', '5')
+
+
+@pytest.fixture(scope='session')
+def cosmos_server():
+    """The Cosmos-compatible server (npm @vercel/cosmosdb-server, pinned) for the session."""
+    from tests.emulators import CosmosServer
+    server = CosmosServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=['sqlite', 'cosmos'])
+def megadb_uri(request, tmp_path, monkeypatch):
+    """A fresh, empty MegaDB on each backend: an SQLite path, or a Cosmos endpoint
+    (with COSMOS_KEY and a new COSMOS_DATABASE set, as a user would)."""
+    if request.param == 'sqlite':
+        return str(tmp_path / 'megadb.sqlite')
+    import uuid
+
+    from tests.emulators import COSMOS_TEST_KEY
+    server = request.getfixturevalue('cosmos_server')
+    monkeypatch.setenv('COSMOS_KEY', COSMOS_TEST_KEY)
+    monkeypatch.setenv('COSMOS_DATABASE', f'megadb-{uuid.uuid4().hex[:12]}')
+    return server.endpoint

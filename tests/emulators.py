@@ -157,3 +157,28 @@ class FaultProxy:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# any base64 string: the emulator ignores auth, the SDK only needs to sign with it
+COSMOS_TEST_KEY = 'dGVzdC1rZXktZm9yLWEtbG9jYWwtZW11bGF0b3Itb25seQ=='
+
+
+class CosmosServer:
+    """@vercel/cosmosdb-server (TLS, in memory) on a free loopback port."""
+
+    def __init__(self) -> None:
+        if not (REPO / 'node_modules' / '@vercel' / 'cosmosdb-server').exists():
+            raise RuntimeError('cosmosdb-server is not installed: run `make test` (npm ci)')
+        self.port = free_port()
+        self.proc = subprocess.Popen(['node', str(REPO / 'tests' / 'cosmos_server.js'),
+                                      str(self.port)], cwd=REPO,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, self.proc)
+        self.endpoint = f'https://127.0.0.1:{self.port}/'
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()

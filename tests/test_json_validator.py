@@ -58,9 +58,8 @@ def test_spec_errors_exit_2(project, tmp_path, capsys):
     assert "label 'x': unknown taxon genus 'felis'" in capsys.readouterr().err
 
 
-def test_image_level_class_overrides_and_single_class_only(tmp_path):
-    db_path = tmp_path / 'm.sqlite'
-    with open_megadb(str(db_path)) as db:
+def test_image_level_class_overrides_and_single_class_only(megadb_uri):
+    with open_megadb(megadb_uri) as db:
         db.upsert_dataset({'dataset_name': 'd', 'path_prefix': 'pre'})
         db.replace_sequences('d', [
             {'dataset': 'd', 'seq_id': 's1', 'location': 'L', 'class': ['deer'],
@@ -73,9 +72,8 @@ def test_image_level_class_overrides_and_single_class_only(tmp_path):
                                    'label': ['elk']}}
 
 
-def test_mislabeled_images_dropped_or_corrected(tmp_path):
-    db_path = tmp_path / 'm.sqlite'
-    with open_megadb(str(db_path)) as db:
+def test_mislabeled_images_dropped_or_corrected(tmp_path, megadb_uri):
+    with open_megadb(megadb_uri) as db:
         db.upsert_dataset({'dataset_name': 'd'})
         db.replace_sequences('d', [{'dataset': 'd', 'seq_id': 's', 'class': ['deer'],
                                     'images': [{'file': f'{i}.jpg'} for i in range(3)]}])
@@ -120,3 +118,27 @@ def test_missing_database_is_a_clear_error(project, tmp_path, capsys):
 def test_flags_parse(flag):
     args = json_validator.parse_args(['s.json', 't.csv', flag, '3'])
     assert getattr(args, flag.lstrip('-').replace('-', '_')) == 3
+
+
+def test_same_queried_images_from_sqlite_and_cosmos(project, megadb, tmp_path, cosmos_server,
+                                                    monkeypatch):
+    """The demo project imported into the Cosmos-compatible server gives a
+    queried_images.json identical to the SQLite one."""
+    from data_management.demo_project import DATASETS
+    from data_management.megadb import import_dataset
+    from tests.emulators import COSMOS_TEST_KEY
+    monkeypatch.setenv('COSMOS_KEY', COSMOS_TEST_KEY)
+    monkeypatch.setenv('COSMOS_DATABASE', 'demo-equivalence')
+    for ds in DATASETS:
+        assert import_dataset.main([cosmos_server.endpoint, '--dataset', ds, '--coco',
+                                    str(project / 'coco' / f'{ds}.json'),
+                                    '--images-root', str(project / 'images' / ds)]) == 0
+    spec = _spec(tmp_path, {**DEMO_SPEC, 'rabbit': {'taxa': [{'level': 'family',
+                                                             'name': 'leporidae'}],
+                                                    'max_count': 5}})
+    for name, uri in (('sqlite', str(megadb)), ('cosmos', cosmos_server.endpoint)):
+        assert json_validator.main([spec, str(project / 'taxonomy.csv'), '--megadb', uri,
+                                    '-o', str(tmp_path / name), '--seed', '7']) == 0
+    a = (tmp_path / 'sqlite' / 'queried_images.json').read_bytes()
+    b = (tmp_path / 'cosmos' / 'queried_images.json').read_bytes()
+    assert a == b and len(json.loads(a)) > 20

@@ -81,10 +81,9 @@ def test_image_class_overrides_sequence_class():
     assert image_classes(seq, seq['images'][1]) == ['elk']
 
 
-def test_sqlite_query_and_reimport_replaces(tmp_path):
-    db_path = tmp_path / 'm.sqlite'
+def test_query_and_reimport_replaces(megadb_uri):
     seqs = coco_to_sequences(_coco(), 'ds', 'test.json')
-    with open_megadb(str(db_path)) as db:
+    with open_megadb(megadb_uri) as db:
         db.upsert_dataset({'dataset_name': 'ds', 'images_root': '/x'})
         assert db.replace_sequences('ds', seqs) == 2
         assert db.replace_sequences('ds', seqs) == 2          # again: no duplicates
@@ -95,23 +94,24 @@ def test_sqlite_query_and_reimport_replaces(tmp_path):
         assert list(db.query_sequences('other', ['deer'])) == []
         assert db.dataset_classes('ds') == {'deer': 3, 'human': 1}
         assert db.get_datasets() == {'ds': {'dataset_name': 'ds', 'images_root': '/x'}}
-    with open_megadb(str(db_path)) as db:                  # persisted
+    with open_megadb(megadb_uri) as db:                    # persisted
         assert len(list(db.query_sequences('ds'))) == 2
+        db.replace_sequences('ds', seqs[:1])               # a smaller re-import drops the rest
+        assert [s['seq_id'] for s in db.query_sequences('ds')] == ['s1']
 
 
-def test_failed_import_keeps_old_rows(tmp_path):
-    db_path = tmp_path / 'm.sqlite'
+def test_failed_import_keeps_old_rows(megadb_uri):
     seqs = coco_to_sequences(_coco(), 'ds', 'test.json')
-    with open_megadb(str(db_path)) as db:
+    with open_megadb(megadb_uri) as db:
         db.replace_sequences('ds', seqs)
         with pytest.raises(utils.InputError):
             db.replace_sequences('ds', [seqs[0], seqs[0]])   # duplicate seq_id
         assert len(list(db.query_sequences('ds'))) == 2
 
 
-def test_import_command(tmp_path, capsys):
+def test_import_command(tmp_path, capsys, megadb_uri):
     (tmp_path / 'c.json').write_text(json.dumps(_coco()))
-    db = tmp_path / 'm.sqlite'
+    db = megadb_uri
     assert import_dataset.main([str(db), '--dataset', 'ds', '--coco', str(tmp_path / 'c.json'),
                                 '--container-sas-key', 'sv=SECRET']) == 0
     assert 'SECRET' not in capsys.readouterr().err
@@ -125,6 +125,16 @@ def test_import_command(tmp_path, capsys):
     assert utils.run_cli(lambda: import_dataset.main(
         [str(db), '--dataset', 'ds', '--coco', str(tmp_path / 'bad.json')])) == 2
     assert 'missing "annotations"' in capsys.readouterr().err
+
+
+def test_image_class_hides_sequence_class_on_both_backends(megadb_uri):
+    seq = {'dataset': 'd', 'seq_id': 'a/b?#c', 'class': ['deer'],
+           'images': [{'file': 'x.jpg', 'class': ['elk']}]}
+    with open_megadb(megadb_uri) as db:
+        db.replace_sequences('d', [check_sequence_doc(seq, 'r')])
+        assert list(db.query_sequences('d', ['deer'])) == []
+        assert [s['seq_id'] for s in db.query_sequences('d', ['elk'])] == ['a/b?#c']
+        assert db.dataset_classes('d') == {'elk': 1}
 
 
 def test_demo_database_matches_coco(project, megadb):

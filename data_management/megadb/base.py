@@ -52,9 +52,17 @@ class MegaDB(abc.ABC):
         self.close()
 
 
+def is_cosmos_uri(uri: str) -> bool:
+    return uri == 'cosmos' or uri.lower().startswith(('https://', 'http://'))
+
+
 def open_megadb(uri: str) -> MegaDB:
-    """Opens a database: a file path (SQLite, created if missing)."""
-    from data_management.megadb.sqlite_db import SQLiteMegaDB
+    """Opens a database: a file path (SQLite, created if missing), or Azure Cosmos DB
+    (``cosmos`` or an ``https://`` endpoint; see cosmos_db.from_uri)."""
     if not uri:
         raise InputError('no MegaDB given (use --megadb PATH)')
+    if is_cosmos_uri(uri):
+        from data_management.megadb.cosmos_db import from_uri
+        return from_uri(uri)
+    from data_management.megadb.sqlite_db import SQLiteMegaDB
     return SQLiteMegaDB(uri)

@@ -29,7 +29,9 @@ logger = logging.getLogger(__name__)
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = utils.make_parser(__doc__)
-    parser.add_argument('megadb', help='MegaDB SQLite file (created if missing)')
+    parser.add_argument('megadb', help='MegaDB: an SQLite file (created if missing), or Azure '
+                                       'Cosmos DB as "cosmos" or its https:// endpoint '
+                                       '(key in COSMOS_KEY)')
     parser.add_argument('--dataset', required=True, help='dataset name')
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument('--coco', help="COCO Camera Traps JSON file, or '-'")
