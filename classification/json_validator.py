@@ -155,6 +155,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              f'COSMOS_KEY (default: $MEGADB or {DEFAULT_MEGADB})')
     parser.add_argument('--allow-multilabel', action='store_true',
                         help='allow a dataset label in several output labels')
+    parser.add_argument('--single-parent-taxonomy', action='store_true',
+                        help='give each taxon one parent: the one it has in the most rows of '
+                             'the taxonomy CSV (ties: the first by level and name)')
     parser.add_argument('--min-locs', type=utils.positive_int,
                         help='drop labels whose images come from fewer locations')
     parser.add_argument('-o', '--output-dir',
@@ -173,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
     specs = parse_label_spec(utils.read_json(args.label_spec_json), args.label_spec_json)
-    taxonomy = load_taxonomy_csv(args.taxonomy_csv)
+    taxonomy = load_taxonomy_csv(args.taxonomy_csv, single_parent=args.single_parent_taxonomy)
     resolved = resolve_label_spec(specs, taxonomy, allow_multilabel=args.allow_multilabel)
     for label in sorted(resolved):
         logger.info('label %s: %d dataset labels', label, len(resolved[label]))

@@ -99,8 +99,13 @@ def parse_taxonomy_string(text: str, where: str) -> list[tuple[int | str, str, s
     return out
 
 
-def load_taxonomy_csv(path: str | os.PathLike[str]) -> Taxonomy:
-    """Reads a taxonomy CSV into a Taxonomy; malformed rows are an InputError."""
+def load_taxonomy_csv(path: str | os.PathLike[str], single_parent: bool = False) -> Taxonomy:
+    """Reads a taxonomy CSV into a Taxonomy; malformed rows are an InputError.
+
+    With ``single_parent``, a taxon listed under two or more parents keeps one:
+    the parent it has in the most rows of the CSV; on a tie, the parent whose
+    (level, name) sorts first. Its other parents no longer include it.
+    """
     with open_input_text(path) as f:
         text = f.read()
     reader = csv.DictReader(io.StringIO(text))
@@ -108,6 +113,7 @@ def load_taxonomy_csv(path: str | os.PathLike[str]) -> Taxonomy:
     if missing:
         raise InputError(f'{path}: taxonomy CSV lacks column(s) {", ".join(missing)}')
     tax = Taxonomy()
+    edge_rows: dict[tuple[tuple[str, str], tuple[str, str]], int] = {}
     for row in reader:
         line = reader.line_num
         dataset = (row.get('dataset_name') or '').strip()
@@ -127,9 +133,18 @@ def load_taxonomy_csv(path: str | os.PathLike[str]) -> Taxonomy:
             if child is not None:
                 tax.nodes[child].parents.add(key)
                 node.children.add(child)
+                edge_rows[(child, key)] = edge_rows.get((child, key), 0) + 1
             child = key
         first = lineage[0]
         tax.nodes[(first[1], first[2])].dataset_labels.add((dataset, query))
+    if single_parent:
+        for key, node in tax.nodes.items():
+            if len(node.parents) < 2:
+                continue
+            keep = min(node.parents, key=lambda p: (-edge_rows.get((key, p), 0), p))
+            for p in node.parents - {keep}:
+                tax.nodes[p].children.discard(key)
+            node.parents = {keep}
     return tax
 
 

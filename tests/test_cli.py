@@ -13,7 +13,8 @@ from tests.conftest import REPO, read_json, run_module
 STEPS = ['csv_to_json', 'json_validator', 'cache_batchapi_outputs', 'detect_and_crop',
          'create_classification_dataset', 'train_classifier', 'evaluate_model',
          'crop_detections', 'run_classifier', 'merge_classification_detection_output',
-         'map_classification_categories', 'aggregate_classifier_probs']
+         'map_classification_categories', 'aggregate_classifier_probs', 'json_to_azcopy_list',
+         'save_mislabeled']
 
 
 @pytest.mark.parametrize('step', STEPS)

@@ -148,3 +148,22 @@ def test_csv_to_json_command(tmp_path, capsys):
                                                                      'name': 'vulpes'}]}}
     (tmp_path / 'bad.csv').write_text('fox,genus\n')
     assert utils.run_cli(lambda: csv_to_json.main([str(tmp_path / 'bad.csv'), '-'])) == 2
+
+
+def test_single_parent_taxonomy(tmp_path):
+    # zebras tagged under genus equus (two rows) and once under a genus "zebra"
+    rows = [
+        ('ds1', 'zebra', "[(1, 'species', 'equus quagga', []), (2, 'genus', 'equus', [])]"),
+        ('ds2', 'plains zebra', "[(1, 'species', 'equus quagga', []), (2, 'genus', 'equus', [])]"),
+        ('ds3', 'zebra', "[(1, 'species', 'equus quagga', []), (3, 'genus', 'zebra', [])]"),
+    ]
+    text = 'dataset_name,query,taxonomy_level,scientific_name,taxonomy_string\n' + ''.join(
+        f'{d},{q},species,equus quagga,"{ts}"\n' for d, q, ts in rows)
+    (tmp_path / 't.csv').write_text(text)
+    dag = load_taxonomy_csv(tmp_path / 't.csv')
+    assert dag.node('species', 'equus quagga').parents == {('genus', 'equus'), ('genus', 'zebra')}
+    assert len(dag.dataset_labels_under('genus', 'zebra')) == 3
+    tree = load_taxonomy_csv(tmp_path / 't.csv', single_parent=True)
+    assert tree.node('species', 'equus quagga').parents == {('genus', 'equus')}
+    assert tree.dataset_labels_under('genus', 'zebra') == set()
+    assert len(tree.dataset_labels_under('genus', 'equus')) == 3
