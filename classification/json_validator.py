@@ -15,6 +15,7 @@ Writes under --output-dir:
     queried_images.json           {"<dataset>/<file>": {"dataset", "location",
                                    "class", "bbox"?, "label": [...]}}
     included_dataset_labels.txt   which dataset labels each output label took
+    json_validator_log_<time>.json  with --check-blob-exists: images without a blob
 Without --output-dir the specification is only validated.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import logging
 import os
 import random
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -100,6 +102,36 @@ def query_images(db: MegaDB, ds_to_labels: Mapping[str, Mapping[str, list[str]]]
     return {k: out[k] for k in sorted(out)}
 
 
+def remove_missing_images(images: Mapping[str, dict[str, Any]],
+                          datasets: Mapping[str, Mapping[str, Any]], local_dir: str | None,
+                          threads: int = 16) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Keeps the images whose blob exists in their dataset's container (looking in
+    ``<local_dir>/<dataset>/<file>`` first when given); returns (kept, missing)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from data_management import azure_blob
+    containers: dict[str, Any] = {}
+    for ds in sorted({e['dataset'] for e in images.values()}):
+        containers[ds] = azure_blob.open_container(
+            azure_blob.dataset_container_url(dict(datasets.get(ds, {'dataset_name': ds}))))
+
+    def exists(key: str) -> bool:
+        ds, file = key.split('/', 1)
+        if local_dir is not None and utils.safe_join(local_dir, key).exists():
+            return True
+        try:
+            return azure_blob.blob_exists(containers[ds], file)
+        except Exception as e:  # AzureError, network: count as missing, say why
+            logger.warning('%s: cannot check the blob (%s)', key, azure_blob.safe_error(e))
+            return False
+
+    keys = sorted(images)
+    with ThreadPoolExecutor(threads) as pool:
+        found = list(pool.map(exists, keys))
+    missing = [k for k, ok in zip(keys, found, strict=True) if not ok]
+    return {k: images[k] for k, ok in zip(keys, found, strict=True) if ok}, missing
+
+
 def sample_max_count(images: Mapping[str, dict[str, Any]], specs: Mapping[str, LabelSpec],
                      seed: int) -> dict[str, dict[str, Any]]:
     """Keeps at most ``max_count`` images per label, drawing first from the
@@ -158,6 +190,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--single-parent-taxonomy', action='store_true',
                         help='give each taxon one parent: the one it has in the most rows of '
                              'the taxonomy CSV (ties: the first by level and name)')
+    parser.add_argument('-c', '--check-blob-exists', nargs='?', const=True,
+                        help='drop queried images whose blob is not in the dataset container; '
+                             'optionally a local folder (<folder>/<dataset>/<file>) to look in '
+                             'first')
     parser.add_argument('--min-locs', type=utils.positive_int,
                         help='drop labels whose images come from fewer locations')
     parser.add_argument('-o', '--output-dir',
@@ -191,12 +227,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ds_to_labels = dataset_label_to_outputs(resolved)
     with open_megadb(args.megadb) as db:
         images = query_images(db, ds_to_labels, args.mislabeled_images)
+        datasets = db.get_datasets()
+    out = Path(args.output_dir)
+    if args.check_blob_exists:
+        local = None if args.check_blob_exists is True else str(args.check_blob_exists)
+        images, missing = remove_missing_images(images, datasets, local)
+        logger.info('%d queried images have no blob and were dropped', len(missing))
+        if missing:
+            log = out / f'json_validator_log_{time.strftime("%Y%m%d_%H%M%S")}.json'
+            utils.write_json({'nonexistent_images': missing}, log, indent=1)
     if args.min_locs:
         images, rare = drop_rare_labels(images, args.min_locs)
         for label in rare:
             logger.warning('label %s dropped: fewer than %d locations', label, args.min_locs)
     images = sample_max_count(images, specs, args.seed)
-    out = Path(args.output_dir)
     utils.write_json(images, out / 'queried_images.json', indent=args.json_indent)
     lines = []
     for label in sorted(resolved):

@@ -62,6 +62,22 @@ def describe(url: str) -> str:
     return redact_url(url)
 
 
+def dataset_container_url(entry: dict[str, Any]) -> str:
+    """The container URL (with SAS) of a MegaDB dataset entry.
+
+    ``storage_account`` is an account name (``https://<name>.blob.core.windows.net``)
+    or, for an emulator or a custom domain, the account's endpoint URL.
+    """
+    account, container = entry.get('storage_account'), entry.get('container')
+    if not account or not container:
+        raise InputError(f'dataset {entry.get("dataset_name")}: no storage_account/container '
+                         'in its MegaDB entry')
+    endpoint = (account.rstrip('/') if account.lower().startswith(('https://', 'http://'))
+                else f'https://{account}.blob.core.windows.net')
+    sas = (entry.get('container_sas_key') or '').lstrip('?')
+    return f'{endpoint}/{container}' + (f'?{sas}' if sas else '')
+
+
 def open_container(url: str, retry: RetrySettings | None = None,
                    **client_kwargs: Any) -> ContainerClient:
     """A ContainerClient for a container URL with SAS; bad URLs are InputError."""

@@ -26,6 +26,7 @@ def test_module_help(step):
 @pytest.mark.parametrize('script', ['classification/run_classifier.py',
                                     'classification/json_validator.py',
                                     'data_management/megadb/import_dataset.py',
+                                    'data_management/megadb/download_images.py',
                                     'data_management/demo_project.py'])
 def test_script_path_invocation(script):
     proc = subprocess.run([sys.executable, script, '--help'], cwd=REPO, capture_output=True,

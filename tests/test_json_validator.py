@@ -142,3 +142,30 @@ def test_same_queried_images_from_sqlite_and_cosmos(project, megadb, tmp_path, c
     a = (tmp_path / 'sqlite' / 'queried_images.json').read_bytes()
     b = (tmp_path / 'cosmos' / 'queried_images.json').read_bytes()
     assert a == b and len(json.loads(a)) > 20
+
+
+def test_check_blob_exists(tmp_path, azurite, fast_blob_retries):
+    from tests.test_taxonomy import TAXONOMY
+    url = azurite.create_container('blobcheck', {'pre/a.jpg': b'x', 'pre/c.jpg': b'x'})
+    endpoint, sas = url.split('?')
+    db_path = str(tmp_path / 'm.sqlite')
+    with open_megadb(db_path) as db:
+        db.upsert_dataset({'dataset_name': 'ds1', 'storage_account': endpoint.rsplit('/', 1)[0],
+                           'container': 'blobcheck', 'container_sas_key': sas,
+                           'path_prefix': 'pre'})
+        db.replace_sequences('ds1', [{'dataset': 'ds1', 'seq_id': 's', 'location': 'L',
+                                      'class': ['elk'], 'images': [
+                                          {'file': f'{n}.jpg'} for n in 'abcd']}])
+    (tmp_path / 'tax.csv').write_text(TAXONOMY)
+    spec = _spec(tmp_path, {'elk': {'dataset_labels': {'ds1': ['elk']}}})
+    (tmp_path / 'local' / 'ds1' / 'pre').mkdir(parents=True)
+    (tmp_path / 'local' / 'ds1' / 'pre' / 'd.jpg').write_bytes(b'x')
+    for flag, want in ((['-c'], ['ds1/pre/a.jpg', 'ds1/pre/c.jpg']),
+                       (['-c', str(tmp_path / 'local')],
+                        ['ds1/pre/a.jpg', 'ds1/pre/c.jpg', 'ds1/pre/d.jpg'])):
+        out = tmp_path / f'out{len(flag)}'
+        assert json_validator.main([spec, str(tmp_path / 'tax.csv'), '--megadb', db_path,
+                                    '-o', str(out), *flag]) == 0
+        assert sorted(read_json(out / 'queried_images.json')) == want
+        (log,) = out.glob('json_validator_log_*.json')
+        assert 'ds1/pre/b.jpg' in read_json(log)['nonexistent_images']

@@ -142,3 +142,18 @@ def test_demo_database_matches_coco(project, megadb):
     with open_megadb(str(megadb)) as db:
         n_images = sum(len(s['images']) for s in db.query_sequences('demo_forest'))
     assert n_images == len(coco['images'])
+
+
+def test_import_dataset_entries(tmp_path, megadb_uri, capsys):
+    entries = [{'dataset_name': 'a', 'storage_account': 'acct', 'container': 'c',
+                'container_sas_key': 'sv=1&sig=SECRET', 'path_prefix': 'p'},
+               {'dataset_name': 'b', 'images_root': '/data/b'}]
+    (tmp_path / 'e.json').write_text(json.dumps(entries))
+    assert import_dataset.main([megadb_uri, '--dataset-entries', str(tmp_path / 'e.json')]) == 0
+    assert 'SECRET' not in capsys.readouterr().err
+    with open_megadb(megadb_uri) as db:
+        assert db.get_datasets() == {e['dataset_name']: e for e in entries}
+    (tmp_path / 'bad.json').write_text(json.dumps([{'dataset_name': 'x', 'container': 3}]))
+    rc = utils.run_cli(lambda: import_dataset.main([megadb_uri, '--dataset-entries',
+                                                    str(tmp_path / 'bad.json')]))
+    assert rc == 2 and '[0] (x): "container" must be a string' in capsys.readouterr().err

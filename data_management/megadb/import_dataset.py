@@ -4,12 +4,17 @@ Reads COCO Camera Traps JSON (the format of the public LILA datasets) or a JSON
 list of MegaDB sequence documents, validates every record, and replaces the
 dataset's sequences in the database (re-importing never duplicates rows). The
 dataset entry records where its images live: a local folder, or a blob
-container (with SAS key and path prefix).
+container (with SAS key and path prefix). --dataset-entries imports only
+dataset entries: a JSON list of {"dataset_name", "storage_account",
+"container", "container_sas_key", "path_prefix", "images_root"} objects
+(``storage_account`` may also be an account endpoint URL, e.g. an emulator's).
 
 Example:
     python -m data_management.megadb.import_dataset megadb.sqlite \
         --dataset caltech --coco caltech_camera_traps.json \
         --images-root /data/images/caltech
+    python -m data_management.megadb.import_dataset megadb.sqlite \
+        --dataset-entries datasets.json
 
 Prints one summary line on stderr: sequences and images imported.
 """
@@ -32,21 +37,41 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('megadb', help='MegaDB: an SQLite file (created if missing), or Azure '
                                        'Cosmos DB as "cosmos" or its https:// endpoint '
                                        '(key in COSMOS_KEY)')
-    parser.add_argument('--dataset', required=True, help='dataset name')
+    parser.add_argument('--dataset', help='dataset name (with --coco or --sequences)')
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument('--coco', help="COCO Camera Traps JSON file, or '-'")
     src.add_argument('--sequences', help="JSON list of MegaDB sequence documents, or '-'")
+    src.add_argument('--dataset-entries', help="JSON list of dataset entries, or '-'")
     parser.add_argument('--images-root', help='local folder that holds the dataset images')
     parser.add_argument('--storage-account', help='Azure storage account of the images')
     parser.add_argument('--container', help='blob container of the images')
     parser.add_argument('--path-prefix', help='prefix of the image blobs in the container')
     parser.add_argument('--container-sas-key', help='SAS token for the container (kept secret)')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.dataset is None and not args.dataset_entries:
+        parser.error('--coco and --sequences need --dataset')
+    return args
+
+
+def import_entries(db_uri: str, path: str) -> int:
+    """Adds or replaces every dataset entry of a JSON list; returns how many."""
+    raw = utils.read_json(path)
+    if not isinstance(raw, list):
+        raise utils.InputError(f'{path}: expected a JSON list of dataset entries')
+    entries = [check_dataset_doc(e, f'{path}: [{i}]') for i, e in enumerate(raw)]
+    with open_megadb(db_uri) as db:
+        for e in entries:
+            db.upsert_dataset(e)
+    return len(entries)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
+    if args.dataset_entries:
+        n = import_entries(args.megadb, args.dataset_entries)
+        logger.info('imported %d dataset entries into %s', n, args.megadb)
+        return 0
     entry = check_dataset_doc({
         'dataset_name': args.dataset, 'images_root': args.images_root,
         'storage_account': args.storage_account, 'container': args.container,
