@@ -12,8 +12,8 @@ from data_management.megadb.base import open_megadb
 from tests.conftest import read_json
 
 
-def _spec(tmp_path, spec):
-    path = tmp_path / 'spec.json'
+def _spec(tmp_path, spec, name='spec.json'):
+    path = tmp_path / name
     path.write_text(json.dumps(spec))
     return str(path)
 
@@ -169,3 +169,50 @@ def test_check_blob_exists(tmp_path, azurite, fast_blob_retries):
         assert sorted(read_json(out / 'queried_images.json')) == want
         (log,) = out.glob('json_validator_log_*.json')
         assert 'ds1/pre/b.jpg' in read_json(log)['nonexistent_images']
+
+
+def test_every_flag_on_the_demo_project_on_both_backends(project, megadb_uri, tmp_path):
+    """--allow-multilabel, --single-parent-taxonomy, --min-locs, --json-indent, --seed and
+    --mislabeled-images through the command line, on each MegaDB backend."""
+    from data_management.demo_project import DATASETS
+    from data_management.megadb import import_dataset
+    for ds in DATASETS:
+        assert import_dataset.main([megadb_uri, '--dataset', ds, '--coco',
+                                    str(project / 'coco' / f'{ds}.json')]) == 0
+    # 'carnivore' overlaps 'fox': only allowed with --allow-multilabel
+    spec = _spec(tmp_path, {**DEMO_SPEC,
+                            'carnivore': {'taxa': [{'level': 'order', 'name': 'carnivora'}]},
+                            'rabbit': {'taxa': [{'level': 'family', 'name': 'leporidae'}],
+                                       'max_count': 10, 'prioritize': [['demo_plains']]}})
+    coco = read_json(project / 'coco' / 'demo_forest.json')
+    fox_id = next(c['id'] for c in coco['categories'] if c['name'] == 'red fox')
+    fox_files = sorted(i['image_id'].split('/', 1)[1] for i in coco['annotations']
+                       if i['category_id'] == fox_id)
+    mis = tmp_path / 'mislabeled'
+    mis.mkdir()
+    (mis / 'demo_forest.csv').write_text(f'file,correct_class\n{fox_files[0]},\n'
+                                         f'{fox_files[1]},white-tailed deer\n')
+    base = [spec, str(project / 'taxonomy.csv'), '--megadb', megadb_uri]
+    assert utils.run_cli(lambda: json_validator.main([*base, '-o', str(tmp_path / 'x')])) == 2
+    everything = _spec(tmp_path, {'rabbit': {'taxa': [{'level': 'family',
+                                                       'name': 'leporidae'}]}}, 'all_spec.json')
+    assert json_validator.main([everything, str(project / 'taxonomy.csv'), '--megadb',
+                                megadb_uri, '-o', str(tmp_path / 'a')]) == 0
+    (tmp_path / 'all.json').write_text((tmp_path / 'a' / 'queried_images.json').read_text())
+    out = tmp_path / 'out'
+    assert json_validator.main([*base, '-o', str(out), '--allow-multilabel',
+                                '--single-parent-taxonomy', '--min-locs', '2',
+                                '--json-indent', '2', '--seed', '3', '-m', str(mis)]) == 0
+    text = (out / 'queried_images.json').read_text()
+    images = json.loads(text)
+    assert text.startswith('{\n  "')                              # --json-indent 2
+    counts = Counter(lab for e in images.values() for lab in e['label'])
+    assert counts['rabbit'] == 10                                   # max_count
+    assert counts['carnivore'] > counts['fox'] > 0                  # fox + skunk
+    plains_rabbits = sum(1 for k, e in read_json(tmp_path / 'all.json').items()
+                         if e['dataset'] == 'demo_plains' and 'rabbit' in e['label'])
+    kept = Counter(e['dataset'] for e in images.values() if 'rabbit' in e['label'])
+    assert kept['demo_plains'] == min(10, plains_rabbits)           # prioritize
+    assert f'demo_forest/{fox_files[0]}' not in images              # dropped
+    assert images[f'demo_forest/{fox_files[1]}']['class'] == 'white-tailed deer'   # corrected
+    assert images[f'demo_forest/{fox_files[1]}']['label'] == ['deer']
