@@ -40,7 +40,13 @@ from classification.taxonomy import (
     parse_label_spec,
     resolve_label_spec,
 )
-from data_management.megadb.base import DEFAULT_MEGADB, MegaDB, is_cosmos_uri, open_megadb
+from data_management.megadb.base import (
+    DEFAULT_MEGADB,
+    MegaDB,
+    add_cosmos_key_flag,
+    is_cosmos_uri,
+    open_megadb,
+)
 from data_management.megadb.schema import image_classes
 
 logger = logging.getLogger(__name__)
@@ -185,6 +191,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='labeled-image database: an SQLite file, or Azure Cosmos DB as '
                              '"cosmos" (COSMOS_ENDPOINT) or its https:// endpoint, key in '
                              f'COSMOS_KEY (default: $MEGADB or {DEFAULT_MEGADB})')
+    add_cosmos_key_flag(parser)
     parser.add_argument('--allow-multilabel', action='store_true',
                         help='allow a dataset label in several output labels')
     parser.add_argument('--single-parent-taxonomy', action='store_true',
@@ -225,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise utils.InputError(f'--megadb {args.megadb}: no such database file (build one '
                                'with python -m data_management.megadb.import_dataset)')
     ds_to_labels = dataset_label_to_outputs(resolved)
-    with open_megadb(args.megadb) as db:
+    with open_megadb(args.megadb, args.cosmos_key) as db:
         images = query_images(db, ds_to_labels, args.mislabeled_images)
         datasets = db.get_datasets()
     out = Path(args.output_dir)

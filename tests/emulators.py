@@ -37,7 +37,19 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.
     raise RuntimeError(f'emulator did not open port {port} in {timeout} s')
 
 
-class Azurite:
+class Emulator:
+    """A server process started by the tests; ``stop`` ends it."""
+    proc: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class Azurite(Emulator):
     """Azurite's blob service in memory on a free loopback port."""
 
     def __init__(self) -> None:
@@ -72,12 +84,6 @@ class Azurite:
             expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2))
         return f'http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}/{name}?{sas}'
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 class FaultProxy:
@@ -163,7 +169,7 @@ class FaultProxy:
 COSMOS_TEST_KEY = 'dGVzdC1rZXktZm9yLWEtbG9jYWwtZW11bGF0b3Itb25seQ=='
 
 
-class CosmosServer:
+class CosmosServer(Emulator):
     """@vercel/cosmosdb-server (TLS, in memory) on a free loopback port."""
 
     def __init__(self) -> None:
@@ -176,9 +182,3 @@ class CosmosServer:
         wait_for_port(self.port, self.proc)
         self.endpoint = f'https://127.0.0.1:{self.port}/'
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()

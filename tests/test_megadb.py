@@ -157,3 +157,18 @@ def test_import_dataset_entries(tmp_path, megadb_uri, capsys):
     rc = utils.run_cli(lambda: import_dataset.main([megadb_uri, '--dataset-entries',
                                                     str(tmp_path / 'bad.json')]))
     assert rc == 2 and '[0] (x): "container" must be a string' in capsys.readouterr().err
+
+
+def test_cosmos_key_from_flag_or_environment(tmp_path, cosmos_server, monkeypatch, capsys):
+    from tests.emulators import COSMOS_TEST_KEY
+    monkeypatch.delenv('COSMOS_KEY', raising=False)
+    monkeypatch.setenv('COSMOS_DATABASE', 'keyflag')
+    (tmp_path / 'c.json').write_text(json.dumps(_coco()))
+    args = [cosmos_server.endpoint, '--dataset', 'ds', '--coco', str(tmp_path / 'c.json')]
+    assert utils.run_cli(lambda: import_dataset.main(args)) == 2
+    assert 'COSMOS_KEY' in capsys.readouterr().err
+    assert import_dataset.main([*args, '--cosmos-key', COSMOS_TEST_KEY]) == 0
+    monkeypatch.setenv('COSMOS_ENDPOINT', cosmos_server.endpoint)
+    monkeypatch.setenv('COSMOS_KEY', COSMOS_TEST_KEY)
+    with open_megadb('cosmos') as db:
+        assert [s['seq_id'] for s in db.query_sequences('ds')] == ['s1', 's2']

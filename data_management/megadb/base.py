@@ -8,12 +8,20 @@ every backend returns the same rows in the same order.
 from __future__ import annotations
 
 import abc
+import argparse
 from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
 from classification.utils import InputError
 
 DEFAULT_MEGADB = 'megadb.sqlite'
+
+
+def add_cosmos_key_flag(parser: argparse.ArgumentParser) -> None:
+    """--cosmos-key, for users who cannot set COSMOS_KEY (which is safer: a flag is
+    visible to other users of the machine in the process list)."""
+    parser.add_argument('--cosmos-key', default=None,
+                        help='Cosmos DB key (default: $COSMOS_KEY, which is safer)')
 
 
 class MegaDB(abc.ABC):
@@ -56,13 +64,14 @@ def is_cosmos_uri(uri: str) -> bool:
     return uri == 'cosmos' or uri.lower().startswith(('https://', 'http://'))
 
 
-def open_megadb(uri: str) -> MegaDB:
+def open_megadb(uri: str, cosmos_key: str | None = None) -> MegaDB:
     """Opens a database: a file path (SQLite, created if missing), or Azure Cosmos DB
-    (``cosmos`` or an ``https://`` endpoint; see cosmos_db.from_uri)."""
+    (``cosmos`` or an ``https://`` endpoint, key from ``cosmos_key`` or COSMOS_KEY;
+    see cosmos_db.from_uri)."""
     if not uri:
         raise InputError('no MegaDB given (use --megadb PATH)')
     if is_cosmos_uri(uri):
         from data_management.megadb.cosmos_db import from_uri
-        return from_uri(uri)
+        return from_uri(uri, cosmos_key)
     from data_management.megadb.sqlite_db import SQLiteMegaDB
     return SQLiteMegaDB(uri)

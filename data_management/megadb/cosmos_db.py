@@ -123,15 +123,15 @@ class CosmosMegaDB(MegaDB):
         return dict(sorted(counts.items()))
 
 
-def from_uri(uri: str) -> CosmosMegaDB:
+def from_uri(uri: str, key: str | None = None) -> CosmosMegaDB:
     """``cosmos`` (endpoint from COSMOS_ENDPOINT) or an ``https://`` endpoint; the key
-    comes from COSMOS_KEY and the database from COSMOS_DATABASE."""
+    is ``key`` or COSMOS_KEY, the database COSMOS_DATABASE."""
     endpoint = os.environ.get('COSMOS_ENDPOINT', '') if uri == 'cosmos' else uri
-    key = os.environ.get('COSMOS_KEY', '')
+    key = key or os.environ.get('COSMOS_KEY', '')
     if not endpoint:
         raise InputError('--megadb cosmos needs COSMOS_ENDPOINT (and COSMOS_KEY) set')
     if not key:
-        raise InputError('a Cosmos DB MegaDB needs its key in COSMOS_KEY')
+        raise InputError('a Cosmos DB MegaDB needs its key in COSMOS_KEY (or --cosmos-key)')
     kwargs: dict[str, Any] = {}
     host = endpoint.split('://', 1)[-1].split('/', 1)[0].split(':', 1)[0]
     if host in ('127.0.0.1', 'localhost'):

@@ -32,7 +32,12 @@ from typing import Any
 
 from classification import utils
 from data_management import azure_blob
-from data_management.megadb.base import DEFAULT_MEGADB, is_cosmos_uri, open_megadb
+from data_management.megadb.base import (
+    DEFAULT_MEGADB,
+    add_cosmos_key_flag,
+    is_cosmos_uri,
+    open_megadb,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +143,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='json objects: field with <dataset>/<path> (default: file)')
     parser.add_argument('--only-new-images', action='store_true',
                         help='skip images already in store_dir (or --check-existing-dir)')
+    add_cosmos_key_flag(parser)
     parser.add_argument('-t', '--threads', type=utils.positive_int, default=1)
     parser.add_argument('--check-existing-dir', help='another folder of already fetched images')
     parser.add_argument('--megadb', default=os.environ.get('MEGADB', DEFAULT_MEGADB),
@@ -152,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     items = read_list(args.type, args.file_list_json, args.key, args.save_key)
     if not is_cosmos_uri(args.megadb) and not Path(args.megadb).exists():
         raise utils.InputError(f'--megadb {args.megadb}: no such database file')
-    with open_megadb(args.megadb) as db:
+    with open_megadb(args.megadb, args.cosmos_key) as db:
         datasets = db.get_datasets()
     report = download(items, args.store_dir, datasets, args.threads, args.only_new_images,
                       args.check_existing_dir)

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Sequence
 
 from classification import utils
-from data_management.megadb.base import open_megadb
+from data_management.megadb.base import add_cosmos_key_flag, open_megadb
 from data_management.megadb.importers import coco_to_sequences
 from data_management.megadb.schema import check_dataset_doc, check_sequence_doc
 
@@ -37,6 +37,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('megadb', help='MegaDB: an SQLite file (created if missing), or Azure '
                                        'Cosmos DB as "cosmos" or its https:// endpoint '
                                        '(key in COSMOS_KEY)')
+    add_cosmos_key_flag(parser)
     parser.add_argument('--dataset', help='dataset name (with --coco or --sequences)')
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument('--coco', help="COCO Camera Traps JSON file, or '-'")
@@ -53,13 +54,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def import_entries(db_uri: str, path: str) -> int:
+def import_entries(db_uri: str, path: str, cosmos_key: str | None = None) -> int:
     """Adds or replaces every dataset entry of a JSON list; returns how many."""
     raw = utils.read_json(path)
     if not isinstance(raw, list):
         raise utils.InputError(f'{path}: expected a JSON list of dataset entries')
     entries = [check_dataset_doc(e, f'{path}: [{i}]') for i, e in enumerate(raw)]
-    with open_megadb(db_uri) as db:
+    with open_megadb(db_uri, cosmos_key) as db:
         for e in entries:
             db.upsert_dataset(e)
     return len(entries)
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
     if args.dataset_entries:
-        n = import_entries(args.megadb, args.dataset_entries)
+        n = import_entries(args.megadb, args.dataset_entries, args.cosmos_key)
         logger.info('imported %d dataset entries into %s', n, args.megadb)
         return 0
     entry = check_dataset_doc({
@@ -88,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if d['dataset'] != args.dataset:
                 raise utils.InputError(f'{args.sequences}: [{i}]: dataset {d["dataset"]!r} is '
                                        f'not --dataset {args.dataset!r}')
-    with open_megadb(args.megadb) as db:
+    with open_megadb(args.megadb, args.cosmos_key) as db:
         db.upsert_dataset(entry)
         n = db.replace_sequences(args.dataset, docs)
     n_images = sum(len(d['images']) for d in docs)
