@@ -55,12 +55,25 @@ def run_cli(main: Callable[[], int]) -> int:
         return 0
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each record (so a handler
+    set up once keeps working when stderr is swapped, e.g. under pytest)."""
+
+    @property
+    def stream(self) -> IO[str]:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:
+        pass
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Logs go to stderr so that stdout stays free for data."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format='%(asctime)s %(levelname)s %(name)s: %(message)s',
-        stream=sys.stderr, force=True)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler],
+                        force=True)
     # the Azure SDK logs every HTTP request at INFO; keep its warnings only
     logging.getLogger('azure').setLevel(logging.WARNING)
 
