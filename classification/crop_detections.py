@@ -29,8 +29,6 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from PIL import Image
-
 from classification import cropping, utils
 from detection.detector_output import (
     animal_category_ids,
@@ -56,16 +54,16 @@ def plan_jobs(doc: Mapping[str, Any], images_dir: str | None, crops_dir: str, ve
 
 
 def blob_opener(container_url: str, save_full_images: bool
-                ) -> Callable[[cropping.ImageJob], Image.Image]:
+                ) -> Callable[[cropping.ImageJob], cropping.Photo]:
     """Reads a photo locally when present, else downloads it (and maybe keeps it)."""
     from azure.core.exceptions import AzureError
 
     from data_management import azure_blob
     container = azure_blob.open_container(container_url)
 
-    def opener(job: cropping.ImageJob) -> Image.Image:
+    def opener(job: cropping.ImageJob) -> cropping.Photo:
         if job.source is not None and job.source.exists():
-            return cropping.load_image(job.source)
+            return cropping.open_photo(job.source)
         try:
             data = azure_blob.download_bytes(container, job.key)
         except azure_blob.BlobNotFound as e:
@@ -76,7 +74,7 @@ def blob_opener(container_url: str, save_full_images: bool
         if save_full_images and job.source is not None:
             with utils.atomic_path(job.source) as tmp:
                 tmp.write_bytes(data)
-        return cropping.load_image(io.BytesIO(data))
+        return cropping.open_photo(io.BytesIO(data))
 
     return opener
 

@@ -6,6 +6,7 @@ interrupted run resumes; a photo that cannot be read is reported, not raised.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 from tqdm import tqdm
 
 from classification import utils
@@ -80,16 +81,80 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert('RGB')
 
 
-def load_image(source: Any) -> Image.Image:
-    """Opens a photo (path or file object), applies its EXIF orientation, returns RGB.
+_EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> the transpose that makes the stored picture upright
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
+@dataclass
+class Photo:
+    """A decoded photo as stored (any mode) and its EXIF orientation.
+
+    Crops are taken in upright coordinates, as MegaDetector's boxes are, but
+    cut from the stored pixels first: only the crop is rotated and converted
+    to RGB, never the whole photo.
+    """
+    image: Image.Image
+    orientation: int = 1
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) upright."""
+        w, h = self.image.size
+        return (h, w) if self.orientation in (5, 6, 7, 8) else (w, h)
+
+    def _to_stored(self, x: float, y: float) -> tuple[float, float]:
+        ws, hs = self.image.size
+        o = self.orientation
+        if o == 2:
+            return ws - x, y
+        if o == 3:
+            return ws - x, hs - y
+        if o == 4:
+            return x, hs - y
+        if o == 5:
+            return y, x
+        if o == 6:
+            return y, hs - x
+        if o == 7:
+            return ws - y, hs - x
+        if o == 8:
+            return ws - y, x
+        return x, y
+
+    def crop(self, box: tuple[int, int, int, int]) -> Image.Image:
+        """RGB crop of an upright-coordinates box (parts outside are black)."""
+        if self.orientation not in _UPRIGHT:
+            return to_rgb(self.image.crop(box))
+        (x0, y0), (x1, y1) = self._to_stored(box[0], box[1]), self._to_stored(box[2], box[3])
+        stored = (int(min(x0, x1)), int(min(y0, y1)), int(max(x0, x1)), int(max(y0, y1)))
+        return to_rgb(self.image.crop(stored).transpose(_UPRIGHT[self.orientation]))
+
+    def upright(self) -> Image.Image:
+        """The whole photo, upright, in RGB."""
+        w, h = self.size
+        return self.crop((0, 0, w, h))
+
+
+def open_photo(source: Any) -> Photo:
+    """Decodes a photo (path or file object) once, keeping its EXIF orientation.
 
     Raises OSError / UnidentifiedImageError for truncated or non-image files.
     """
+    if isinstance(source, (str, os.PathLike)):
+        source = io.BytesIO(Path(source).read_bytes())   # one read, not dozens of small ones
     with Image.open(source) as img:
         img.load()
-        # in place: no copy of the whole photo when it is already upright
-        ImageOps.exif_transpose(img, in_place=True)
-        return to_rgb(img)
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+        return Photo(img, orientation if orientation in _UPRIGHT else 1)
+
+
+def load_image(source: Any) -> Image.Image:
+    """Opens a photo (path or file object), applies its EXIF orientation, returns RGB."""
+    return open_photo(source).upright()
 
 
 def crop_is_valid(path: Path) -> bool:
@@ -109,7 +174,7 @@ def save_jpeg(img: Image.Image, path: Path) -> None:
 
 
 def crop_one_image(job: ImageJob, square: bool, check_valid: bool,
-                   opener: Callable[[ImageJob], Image.Image] | None = None) -> CropReport:
+                   opener: Callable[[ImageJob], Photo] | None = None) -> CropReport:
     """Makes every missing crop of one photo; never raises for a bad photo."""
     report = CropReport(images=1)
     todo = []
@@ -123,9 +188,9 @@ def crop_one_image(job: ImageJob, square: bool, check_valid: bool,
         return report
     try:
         if opener is not None:
-            img = opener(job)
+            photo = opener(job)
         elif job.source is not None:
-            img = load_image(job.source)
+            photo = open_photo(job.source)
         else:
             raise FileNotFoundError(job.key)
     except FileNotFoundError:
@@ -139,13 +204,13 @@ def crop_one_image(job: ImageJob, square: bool, check_valid: bool,
         return report
     bad_boxes = []
     for task in todo:
-        box = utils.crop_box(task.bbox, img.width, img.height, square)
+        box = utils.crop_box(task.bbox, *photo.size, square)
         if box is None:
             report.crops_invalid_box += 1
             bad_boxes.append(task.out_path.name)
             continue
         try:
-            save_jpeg(img.crop(box), task.out_path)
+            save_jpeg(photo.crop(box), task.out_path)
         except OSError as e:
             report.failures[job.key] = f'cannot write crop {task.out_path}: {e}'
             return report
@@ -157,7 +222,7 @@ def crop_one_image(job: ImageJob, square: bool, check_valid: bool,
 
 
 def run_crop_jobs(jobs: Sequence[ImageJob], square: bool, check_valid: bool, threads: int,
-                  opener: Callable[[ImageJob], Image.Image] | None = None) -> CropReport:
+                  opener: Callable[[ImageJob], Photo] | None = None) -> CropReport:
     """Crops all jobs on ``threads`` threads (Pillow decodes without the GIL).
 
     A truncated photo is a failure, never a partly grey crop, even if another

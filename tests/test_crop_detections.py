@@ -178,8 +178,8 @@ def test_each_photo_decoded_once(tmp_path, monkeypatch):
     _photo().save(tmp_path / 'img' / 'a.jpg')
     extra = [{'category': '1', 'conf': 0.9, 'bbox': [0.5, 0.1, 0.2, 0.2]}] * 4
     calls = []
-    real = cropping.load_image
-    monkeypatch.setattr(cropping, 'load_image', lambda p: calls.append(p) or real(p))
+    real = cropping.open_photo
+    monkeypatch.setattr(cropping, 'open_photo', lambda p: calls.append(p) or real(p))
     _run(tmp_path, _detections(['a.jpg'], extra=extra), '-v', '5a')
     assert len(calls) == 1 and len(list((tmp_path / 'crops').iterdir())) == 5
 
@@ -197,3 +197,17 @@ def test_real_photos(tmp_path):
     for c in crops[:5]:
         with Image.open(c) as im:
             assert im.mode == 'RGB' and abs(im.width - im.height) <= 1
+
+
+@pytest.mark.parametrize('orientation', range(1, 9))
+@pytest.mark.parametrize('box', [(10, 20, 70, 50), (-15, -5, 40, 60), (50, 30, 130, 95)])
+def test_crops_of_rotated_photos_equal_crops_of_the_upright_photo(orientation, box):
+    """Cutting the stored pixels and rotating the crop gives exactly the crop of the
+    upright photo, for every EXIF orientation, inside and past the edges."""
+    from classification.cropping import _UPRIGHT, Photo
+    rng = np.random.default_rng(orientation)
+    stored = Image.fromarray(rng.integers(0, 255, size=(90, 120, 3), dtype=np.uint8))
+    photo = Photo(stored, orientation)
+    upright = stored.transpose(_UPRIGHT[orientation]) if orientation != 1 else stored
+    assert photo.size == upright.size
+    assert np.array_equal(np.asarray(photo.crop(box)), np.asarray(upright.crop(box)))
