@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from classification import utils
-from detection.detector_output import load_cache
+from detection.detector_output import DetectionCache, queried_image_crops
 
 logger = logging.getLogger(__name__)
 
@@ -48,28 +48,15 @@ def build_dataset_csv(queried: Mapping[str, Mapping[str, Any]], crops_dir: str,
                       ) -> pd.DataFrame:
     """One row per existing crop of a queried image."""
     rows: list[tuple[str, str, str, str, float, str]] = []
-    caches: dict[str, dict[str, Any]] = {}
+    cache = DetectionCache(cache_dir, version)
     crops_root = Path(crops_dir)
     for key in sorted(queried):
         entry = queried[key]
-        ds = entry['dataset']
         label = ','.join(entry['label'])
         location = str(entry.get('location', 'unknown_location'))
-        candidates: list[tuple[str, float]] = []
-        if entry.get('bbox'):
-            candidates = [(utils.crop_filename(key, i, None), 1.0)
-                          for i in range(len(entry['bbox']))]
-        elif cache_dir is not None and version is not None:
-            if ds not in caches:
-                cache = load_cache(cache_dir, version, ds) or {'images': []}
-                caches[ds] = {img['file']: img for img in cache['images']}
-            img = caches[ds].get(key[len(ds) + 1:])
-            for i, det in enumerate((img or {}).get('detections') or []):
-                if det['conf'] >= threshold:
-                    candidates.append((utils.crop_filename(key, i, version), float(det['conf'])))
-        for crop, conf in candidates:
+        for crop, _, conf in queried_image_crops(key, entry, cache, threshold) or []:
             if (crops_root / crop).exists():
-                rows.append((crop, ds, location, str(entry['class']), conf, label))
+                rows.append((crop, entry['dataset'], location, str(entry['class']), conf, label))
     return pd.DataFrame(rows, columns=CSV_COLUMNS)
 
 
@@ -254,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         utils.write_json(utils.label_index_dict(labels), out / 'label_index.json', indent=1)
         logger.info('wrote %d crops of %d labels to %s', len(df), len(labels), csv_path)
     if 'splits' in args.mode:
-        df = utils.read_csv(csv_path, dtype={'location': str, 'dataset': str})
+        if 'csv' not in args.mode:      # else the table just written is still in df
+            df = utils.read_csv(csv_path, dtype={'location': str, 'dataset': str})
         if args.match_test:
             test_locs = utils.read_json(args.match_test[1]).get('test', [])
             test_set = {(d, str(loc)) for d, loc in test_locs}

@@ -7,7 +7,6 @@ interrupted run resumes; a photo that cannot be read is reported, not raised.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import time
@@ -261,5 +260,5 @@ def write_failure_log(report: CropReport, logdir: str | os.PathLike[str], prefix
     }
     if extra:
         doc.update(extra)
-    utils.write_text(json.dumps(doc, indent=1) + '\n', path)
+    utils.write_json(doc, path, indent=1)
     return path

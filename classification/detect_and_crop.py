@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from classification import cropping, utils
-from detection.detector_output import animal_category_ids, load_cache
+from detection.detector_output import DetectionCache, queried_image_crops
 
 logger = logging.getLogger(__name__)
 
@@ -34,43 +34,16 @@ def plan_jobs(queried: Mapping[str, Mapping[str, Any]], cache_dir: str, version:
               images_dir: str, crops_dir: str, threshold: float
               ) -> tuple[list[cropping.ImageJob], list[str]]:
     """Crop jobs for every queried image, and the images with no detections cached."""
-    by_dataset: dict[str, list[str]] = {}
-    for key, entry in queried.items():
-        by_dataset.setdefault(entry['dataset'], []).append(key)
+    cache = DetectionCache(cache_dir, version)
     jobs, missing = [], []
-    for ds in sorted(by_dataset):
-        cache = None
-        cached: dict[str, Any] = {}
-        animal: set[str] = set()
-        for key in sorted(by_dataset[ds]):
-            entry = queried[key]
-            if not key.startswith(f'{ds}/'):
-                raise utils.InputError(f'{key}: image key does not start with its dataset {ds}/')
-            file = key[len(ds) + 1:]
-            source = utils.safe_join(images_dir, key)
-            tasks = []
-            if entry.get('bbox'):
-                for i, b in enumerate(entry['bbox']):
-                    name = utils.crop_filename(key, i, None)
-                    tasks.append(cropping.CropTask(utils.safe_join(crops_dir, name),
-                                                   tuple(b['bbox'])))
-            else:
-                if cache is None:
-                    cache = load_cache(cache_dir, version, ds) or {'images': []}
-                    cached = {img['file']: img for img in cache['images']}
-                    animal = animal_category_ids(cache)
-                img = cached.get(file)
-                if img is None or 'failure' in img:
-                    missing.append(key)
-                    continue
-                for i, det in enumerate(img.get('detections') or []):
-                    if det['conf'] < threshold or str(det['category']) not in animal:
-                        continue
-                    name = utils.crop_filename(key, i, version)
-                    tasks.append(cropping.CropTask(utils.safe_join(crops_dir, name),
-                                                   tuple(det['bbox'])))
-            if tasks:
-                jobs.append(cropping.ImageJob(key, source, tuple(tasks)))
+    for key in sorted(queried):
+        crops = queried_image_crops(key, queried[key], cache, threshold)
+        if crops is None:
+            missing.append(key)
+        elif crops:
+            tasks = tuple(cropping.CropTask(utils.safe_join(crops_dir, name), box)
+                          for name, box, _ in crops)
+            jobs.append(cropping.ImageJob(key, utils.safe_join(images_dir, key), tasks))
     return jobs, missing
 
 

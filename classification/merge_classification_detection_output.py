@@ -57,7 +57,6 @@ from detection.detector_output import (
 
 logger = logging.getLogger(__name__)
 
-_CROP_PATTERN = r'^(?P<image>.+)___crop(?P<idx>\d{2})(?:_mdv(?P<ver>[^/]+))?\.jpg$'
 LABEL_ID_OFFSET = 1_000_000
 
 
@@ -116,7 +115,7 @@ def classification_lists(df: pd.DataFrame, label_names: Sequence[str], threshold
 
 
 def _parse_paths(paths: pd.Series) -> pd.DataFrame:
-    parsed = paths.astype(str).str.extract(_CROP_PATTERN)
+    parsed = paths.astype(str).str.extract(utils.CROP_NAME_RE.pattern)
     bad = parsed['image'].isna()
     if bad.any():
         raise utils.InputError(f'classification CSV: {paths[bad].iloc[0]!r} is not a crop name '

@@ -25,7 +25,6 @@ Writes into a new folder <logdir>/<YYYYmmdd_HHMMSS>/ (or the --resume folder):
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import random
 import time
@@ -244,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_dir.mkdir(parents=True)
     params = utils.args_to_params(args)
     params['run_dir'] = str(run_dir)
-    utils.write_text(json.dumps(params, indent=1) + '\n', run_dir / 'params.json')
+    utils.write_json(params, run_dir / 'params.json', indent=1)
     logger.info('run folder: %s', run_dir)
     table = train(args, run_dir)
     train_utils.log_metrics(table)

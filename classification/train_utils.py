@@ -67,15 +67,9 @@ def _load_weights_file(model: nn.Module, path: str) -> None:
     """Loads a state dict (or a checkpoint holding one under 'model'), skipping
     tensors whose shape differs (e.g. a final layer with other classes)."""
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except FileNotFoundError as e:
-        raise utils.InputError(f'--pretrained {path}: file not found') from e
-    except Exception as e:  # torch raises many types for bad files
-        raise utils.InputError(f'--pretrained {path}: not a loadable checkpoint ({e})') from e
-    if isinstance(state, dict) and isinstance(state.get('model'), dict):
-        state = state['model']
-    if not isinstance(state, dict):
-        raise utils.InputError(f'--pretrained {path}: expected a state dict')
+        state, _ = checkpoint_state_dict(path)
+    except utils.InputError as e:
+        raise utils.InputError(f'--pretrained {e}') from e
     own = model.state_dict()
     usable = {k.removeprefix('module.'): v for k, v in state.items()}
     usable = {k: v for k, v in usable.items() if k in own and own[k].shape == v.shape}

@@ -262,12 +262,12 @@ def crop_filename(image_file: str, crop_index: int, detector_version: str | None
     return f'{image_file}___crop{crop_index:02d}{suffix}.jpg'
 
 
-_CROP_RE = re.compile(r'^(?P<image>.+)___crop(?P<idx>\d{2})(?:_mdv(?P<ver>[^/]+))?\.jpg$')
+CROP_NAME_RE = re.compile(r'^(?P<image>.+)___crop(?P<idx>\d{2})(?:_mdv(?P<ver>[^/]+))?\.jpg$')
 
 
 def parse_crop_filename(crop: str) -> tuple[str, int, str | None]:
     """Inverse of crop_filename: (image file, box index, detector version or None)."""
-    m = _CROP_RE.match(crop)
+    m = CROP_NAME_RE.match(crop)
     if m is None:
         raise InputError(f'{crop}: not a crop file name (<image>___cropNN[_mdvX].jpg)')
     return m['image'], int(m['idx']), m['ver']

@@ -23,6 +23,7 @@ from typing import Any
 from classification.utils import (
     InputError,
     check_detector_version,
+    crop_filename,
     detector_version_from_name,
     read_json,
     write_json,
@@ -169,3 +170,57 @@ def merge_into_cache(cache_dir: str | os.PathLike[str], version: str, dataset: s
               'images': [images[k] for k in sorted(images)]}
     write_json(merged, cache_path(cache_dir, version, dataset))
     return n_new, len(images)
+
+
+def _box(b: Any) -> tuple[float, float, float, float]:
+    return float(b[0]), float(b[1]), float(b[2]), float(b[3])
+
+
+class DetectionCache:
+    """The detector output cache of one version, each dataset read once when first used."""
+
+    def __init__(self, cache_dir: str | os.PathLike[str] | None, version: str | None) -> None:
+        self.cache_dir, self.version = cache_dir, version
+        self._images: dict[str, dict[str, Any]] = {}
+        self._animal: dict[str, set[str]] = {}
+
+    def _load(self, dataset: str) -> None:
+        if dataset in self._images:
+            return
+        doc = None
+        if self.cache_dir is not None and self.version is not None:
+            doc = load_cache(self.cache_dir, self.version, dataset)
+        doc = doc or {'images': []}
+        self._images[dataset] = {img['file']: img for img in doc['images']}
+        self._animal[dataset] = animal_category_ids(doc)
+
+    def image(self, dataset: str, file: str) -> dict[str, Any] | None:
+        """The cached entry of an image (path inside the dataset), or None."""
+        self._load(dataset)
+        return self._images[dataset].get(file)
+
+    def animal_ids(self, dataset: str) -> set[str]:
+        self._load(dataset)
+        return self._animal[dataset]
+
+
+def queried_image_crops(key: str, entry: Mapping[str, Any], cache: DetectionCache,
+                        threshold: float
+                        ) -> list[tuple[str, tuple[float, float, float, float], float]] | None:
+    """The crops of one queried image as (crop name, normalized box, confidence):
+    its ground-truth boxes (confidence 1.0, names without a detector suffix),
+    else its cached animal detections of at least ``threshold``. None when it has
+    no ground truth and no usable cached detections."""
+    dataset = entry['dataset']
+    if not key.startswith(f'{dataset}/'):
+        raise InputError(f'{key}: image key does not start with its dataset {dataset}/')
+    if entry.get('bbox'):
+        return [(crop_filename(key, i, None), _box(b['bbox']), 1.0)
+                for i, b in enumerate(entry['bbox'])]
+    img = cache.image(dataset, key[len(dataset) + 1:])
+    if img is None or 'failure' in img or cache.version is None:
+        return None
+    animal = cache.animal_ids(dataset)
+    return [(crop_filename(key, i, cache.version), _box(det['bbox']), float(det['conf']))
+            for i, det in enumerate(img.get('detections') or [])
+            if det['conf'] >= threshold and str(det['category']) in animal]
