@@ -15,7 +15,16 @@ TEST_STAMP := $(VENV)/.installed-test
 
 venv: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+# classification/_jpegregion.c (region decoding of JPEGs for crop_detections) builds
+# against libjpeg-turbo's headers; on Debian/Ubuntu they are installed here when
+# missing and allowed (root). Without them the extension is skipped: crops stay
+# exact, only slower.
+JPEG_HEADERS := /usr/include/jpeglib.h
+
+$(STAMP): setup.cfg pyproject.toml setup.py classification/_jpegregion.c
+	@test -f $(JPEG_HEADERS) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && { apt-get update -qq && apt-get install -y -qq libjpeg-dev; } >/dev/null; } \
+	  || echo "warning: no libjpeg-turbo headers; crop_detections decodes whole photos" >&2
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

@@ -5,7 +5,8 @@ Every animal detection with confidence at least --threshold becomes one RGB JPEG
 in the image's detection list). EXIF orientation is applied first, as
 MegaDetector does. Crops already present are kept, so an interrupted run
 resumes. Photos that cannot be read, and boxes that have no area inside the
-photo, are logged and the run goes on. Each photo is decoded once.
+photo, are logged and the run goes on. Each photo is decoded once, and a JPEG
+only as far as its boxes need (the crops' pixels are those of a full decode).
 
 Photos are read from --images-dir; those not there are downloaded from
 --container-url (an Azure Blob Storage container URL with a SAS token; blob
@@ -24,7 +25,6 @@ Writes ``<logdir>/crop_detections_log_<time>.json`` with every failed image and 
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -53,17 +53,17 @@ def plan_jobs(doc: Mapping[str, Any], images_dir: str | None, crops_dir: str, ve
             for f, tasks in by_image.items()]
 
 
-def blob_opener(container_url: str, save_full_images: bool
-                ) -> Callable[[cropping.ImageJob], cropping.Photo]:
+def blob_fetcher(container_url: str, save_full_images: bool
+                 ) -> Callable[[cropping.ImageJob], bytes]:
     """Reads a photo locally when present, else downloads it (and maybe keeps it)."""
     from azure.core.exceptions import AzureError
 
     from data_management import azure_blob
     container = azure_blob.open_container(container_url)
 
-    def opener(job: cropping.ImageJob) -> cropping.Photo:
+    def fetch(job: cropping.ImageJob) -> bytes:
         if job.source is not None and job.source.exists():
-            return cropping.open_photo(job.source)
+            return job.source.read_bytes()
         try:
             data = azure_blob.download_bytes(container, job.key)
         except azure_blob.BlobNotFound as e:
@@ -74,10 +74,9 @@ def blob_opener(container_url: str, save_full_images: bool
         if save_full_images and job.source is not None:
             with utils.atomic_path(job.source) as tmp:
                 tmp.write_bytes(data)
-        return cropping.open_photo(io.BytesIO(data))
+        return data
 
-    return opener
-
+    return fetch
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -116,10 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc = check_document(utils.read_json(args.detections_json), args.detections_json)
     version = resolve_detector_version(doc, args.detector_version, args.detections_json)
     jobs = plan_jobs(doc, args.images_dir, args.cropped_images_dir, version, args.threshold)
-    opener = blob_opener(args.container_url, args.save_full_images) if args.container_url \
+    fetch = blob_fetcher(args.container_url, args.save_full_images) if args.container_url \
         else None
     report = cropping.run_crop_jobs(jobs, args.square_crops, args.check_crops_valid,
-                                    args.threads, opener)
+                                    args.threads, fetch)
     log = cropping.write_failure_log(report, args.logdir, 'crop_detections',
                                      {'detector_version': version})
     logger.info('%d images: %d crops written, %d already there, %d failed images; log: %s',

@@ -1,8 +1,9 @@
 """Decoding photos and writing crops, shared by detect_and_crop and crop_detections.
 
-Each photo is decoded once (EXIF orientation applied, any mode converted to
-RGB) however many boxes it has; crops already on disk are skipped, so an
-interrupted run resumes; a photo that cannot be read is reported, not raised.
+Each photo is decoded once however many boxes it has, and JPEGs only as far as
+their boxes need (see PhotoFile.decode); EXIF orientation is applied and any
+mode converted to RGB for the crop only. Crops already on disk are skipped, so
+an interrupted run resumes; a photo that cannot be read is reported, not raised.
 """
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from tqdm import tqdm
 
 from classification import utils
+from classification.utils import PixelBox
+
+try:  # the optional C extension (setup.py); without it photos are decoded whole
+    from classification import _jpegregion
+except ImportError:  # pragma: no cover - depends on the build
+    _jpegregion = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -90,23 +97,34 @@ _UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
 
 @dataclass
 class Photo:
-    """A decoded photo as stored (any mode) and its EXIF orientation.
+    """Decoded pixels of a photo as stored (any mode) and its EXIF orientation.
 
     Crops are taken in upright coordinates, as MegaDetector's boxes are, but
     cut from the stored pixels first: only the crop is rotated and converted
-    to RGB, never the whole photo.
+    to RGB, never the whole photo. ``image`` may hold only a region of the
+    stored photo (``origin`` is its top-left corner, ``stored_size`` the whole
+    photo's size), enough for the boxes it was decoded for.
     """
     image: Image.Image
     orientation: int = 1
+    stored_size: tuple[int, int] | None = None
+    origin: tuple[int, int] = (0, 0)
 
     @property
     def size(self) -> tuple[int, int]:
-        """(width, height) upright."""
-        w, h = self.image.size
+        """(width, height) of the whole photo, upright."""
+        w, h = self.stored_size or self.image.size
         return (h, w) if self.orientation in (5, 6, 7, 8) else (w, h)
 
+    def stored_box(self, box: PixelBox) -> PixelBox:
+        """An upright-coordinates box in the coordinates of the stored pixels."""
+        if self.orientation not in _UPRIGHT:
+            return box
+        (x0, y0), (x1, y1) = self._to_stored(box[0], box[1]), self._to_stored(box[2], box[3])
+        return (int(min(x0, x1)), int(min(y0, y1)), int(max(x0, x1)), int(max(y0, y1)))
+
     def _to_stored(self, x: float, y: float) -> tuple[float, float]:
-        ws, hs = self.image.size
+        ws, hs = self.stored_size or self.image.size
         o = self.orientation
         if o == 2:
             return ws - x, y
@@ -124,31 +142,101 @@ class Photo:
             return ws - y, x
         return x, y
 
-    def crop(self, box: tuple[int, int, int, int]) -> Image.Image:
-        """RGB crop of an upright-coordinates box (parts outside are black)."""
-        if self.orientation not in _UPRIGHT:
-            return to_rgb(self.image.crop(box))
-        (x0, y0), (x1, y1) = self._to_stored(box[0], box[1]), self._to_stored(box[2], box[3])
-        stored = (int(min(x0, x1)), int(min(y0, y1)), int(max(x0, x1)), int(max(y0, y1)))
-        return to_rgb(self.image.crop(stored).transpose(_UPRIGHT[self.orientation]))
+    def crop(self, box: PixelBox) -> Image.Image:
+        """RGB crop of an upright-coordinates box (parts outside the photo are black)."""
+        left, top, right, bottom = self.stored_box(box)
+        ox, oy = self.origin
+        inside = (left - ox, top - oy, right - ox, bottom - oy)
+        cut = self.image if inside == (0, 0, *self.image.size) else self.image.crop(inside)
+        if self.orientation in _UPRIGHT:
+            cut = cut.transpose(_UPRIGHT[self.orientation])
+        return to_rgb(cut)
 
     def upright(self) -> Image.Image:
-        """The whole photo, upright, in RGB."""
+        """The whole photo, upright, in RGB (only for a photo decoded whole)."""
+        if self.origin != (0, 0) or (self.stored_size not in (None, self.image.size)):
+            raise ValueError('only a region of this photo was decoded')
         w, h = self.size
         return self.crop((0, 0, w, h))
 
 
+def _is_complete_jpeg(data: bytes) -> bool:
+    """True if the data end with the EOI marker (trailing padding allowed).
+
+    In entropy-coded JPEG data a 0xFF byte is always followed by 0x00 or a
+    restart marker, so FF D9 near the end means the file was not cut short.
+    """
+    return data.find(b'\xff\xd9', max(0, len(data) - 64)) != -1
+
+
+class PhotoFile:
+    """A photo's bytes with its header parsed (size, mode, EXIF), not yet decoded.
+
+    Raises OSError / UnidentifiedImageError for non-image data.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._img = Image.open(io.BytesIO(data))
+        orientation = self._img.getexif().get(_EXIF_ORIENTATION, 1)
+        self.orientation = orientation if orientation in _UPRIGHT else 1
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) upright."""
+        w, h = self._img.size
+        return (h, w) if self.orientation in (5, 6, 7, 8) else (w, h)
+
+    def decode(self, boxes: Sequence[PixelBox] | None = None) -> Photo:
+        """Decodes the photo, or with ``boxes`` (upright pixel boxes) possibly only
+        the part of it they need.
+
+        A complete baseline or progressive 8-bit RGB/grayscale JPEG is decoded
+        by region (classification._jpegregion: libjpeg-turbo skips the inverse
+        DCT and colour conversion outside the boxes and stops after their last
+        row); the pixels inside the boxes are identical to a full decode's.
+        Anything else, or anything the region decoder rejects, is decoded whole
+        by Pillow, which then decides whether the photo is readable.
+        """
+        whole = Photo(self._img, self.orientation)
+        if boxes and _jpegregion is not None and self._img.format == 'JPEG' \
+                and self._img.mode in ('RGB', 'L') and _is_complete_jpeg(self.data):
+            sw, sh = self._img.size
+            stored = [whole.stored_box(b) for b in boxes]
+            left, top = max(0, min(b[0] for b in stored)), max(0, min(b[1] for b in stored))
+            right = min(sw, max(b[2] for b in stored))
+            bottom = min(sh, max(b[3] for b in stored))
+            if left < right and top < bottom:
+                try:
+                    pixels, mode, w, h, x, y = _jpegregion.decode_region(
+                        self.data, left, top, right, bottom)
+                except (OSError, ValueError) as e:
+                    logger.debug('region decoding failed (%s); decoding whole', e)
+                else:
+                    if mode == self._img.mode:
+                        # only the boxes' union, unpacked straight from the wider
+                        # decoded rows (no zero-fill, no second copy)
+                        channels = 3 if mode == 'RGB' else 1
+                        start = ((top - y) * w + (left - x)) * channels
+                        union = Image.new(mode, (right - left, bottom - top), None)
+                        union.frombytes(memoryview(pixels)[start:], 'raw', mode, w * channels, 1)
+                        return Photo(union, self.orientation, (sw, sh), (left, top))
+        self._img.load()
+        return whole
+
+
 def open_photo(source: Any) -> Photo:
-    """Decodes a photo (path or file object) once, keeping its EXIF orientation.
+    """Decodes a whole photo (path, bytes or file object), keeping its EXIF orientation.
 
     Raises OSError / UnidentifiedImageError for truncated or non-image files.
     """
     if isinstance(source, (str, os.PathLike)):
-        source = io.BytesIO(Path(source).read_bytes())   # one read, not dozens of small ones
-    with Image.open(source) as img:
-        img.load()
-        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
-        return Photo(img, orientation if orientation in _UPRIGHT else 1)
+        data = Path(source).read_bytes()       # one read, not dozens of small ones
+    elif isinstance(source, bytes):
+        data = source
+    else:
+        data = source.read()
+    return PhotoFile(data).decode()
 
 
 def load_image(source: Any) -> Image.Image:
@@ -173,8 +261,11 @@ def save_jpeg(img: Image.Image, path: Path) -> None:
 
 
 def crop_one_image(job: ImageJob, square: bool, check_valid: bool,
-                   opener: Callable[[ImageJob], Photo] | None = None) -> CropReport:
-    """Makes every missing crop of one photo; never raises for a bad photo."""
+                   fetch: Callable[[ImageJob], bytes] | None = None) -> CropReport:
+    """Makes every missing crop of one photo; never raises for a bad photo.
+
+    The photo is decoded once, and only as much of it as the missing crops need.
+    """
     report = CropReport(images=1)
     todo = []
     for task in job.crops:
@@ -186,12 +277,16 @@ def crop_one_image(job: ImageJob, square: bool, check_valid: bool,
     if not todo:
         return report
     try:
-        if opener is not None:
-            photo = opener(job)
+        if fetch is not None:
+            data = fetch(job)
         elif job.source is not None:
-            photo = open_photo(job.source)
+            data = job.source.read_bytes()
         else:
             raise FileNotFoundError(job.key)
+        photo_file = PhotoFile(data)
+        boxes = [(task, utils.crop_box(task.bbox, *photo_file.size, square)) for task in todo]
+        valid = [b for _, b in boxes if b is not None]
+        photo = photo_file.decode(valid) if valid else None
     except FileNotFoundError:
         report.failures[job.key] = 'image not found'
         return report
@@ -202,12 +297,12 @@ def crop_one_image(job: ImageJob, square: bool, check_valid: bool,
         report.failures[job.key] = f'cannot decode image: {e}'
         return report
     bad_boxes = []
-    for task in todo:
-        box = utils.crop_box(task.bbox, *photo.size, square)
+    for task, box in boxes:
         if box is None:
             report.crops_invalid_box += 1
             bad_boxes.append(task.out_path.name)
             continue
+        assert photo is not None
         try:
             save_jpeg(photo.crop(box), task.out_path)
         except OSError as e:
@@ -221,7 +316,7 @@ def crop_one_image(job: ImageJob, square: bool, check_valid: bool,
 
 
 def run_crop_jobs(jobs: Sequence[ImageJob], square: bool, check_valid: bool, threads: int,
-                  opener: Callable[[ImageJob], Photo] | None = None) -> CropReport:
+                  fetch: Callable[[ImageJob], bytes] | None = None) -> CropReport:
     """Crops all jobs on ``threads`` threads (Pillow decodes without the GIL).
 
     A truncated photo is a failure, never a partly grey crop, even if another
@@ -232,7 +327,7 @@ def run_crop_jobs(jobs: Sequence[ImageJob], square: bool, check_valid: bool, thr
     with tqdm(total=len(jobs), unit='img', desc='cropping', file=None,
               disable=None) as bar:
         def one(job: ImageJob) -> CropReport:
-            return crop_one_image(job, square, check_valid, opener)
+            return crop_one_image(job, square, check_valid, fetch)
 
         if threads <= 1:
             results: Iterable[CropReport] = map(one, jobs)

@@ -178,10 +178,12 @@ def test_each_photo_decoded_once(tmp_path, monkeypatch):
     _photo().save(tmp_path / 'img' / 'a.jpg')
     extra = [{'category': '1', 'conf': 0.9, 'bbox': [0.5, 0.1, 0.2, 0.2]}] * 4
     calls = []
-    real = cropping.open_photo
-    monkeypatch.setattr(cropping, 'open_photo', lambda p: calls.append(p) or real(p))
+    real = cropping.PhotoFile.decode
+    monkeypatch.setattr(cropping.PhotoFile, 'decode',
+                        lambda self, boxes=None: calls.append(boxes) or real(self, boxes))
     _run(tmp_path, _detections(['a.jpg'], extra=extra), '-v', '5a')
-    assert len(calls) == 1 and len(list((tmp_path / 'crops').iterdir())) == 5
+    assert len(calls) == 1 and len(calls[0]) == 5
+    assert len(list((tmp_path / 'crops').iterdir())) == 5
 
 
 @pytest.mark.skipif(not REAL_PHOTOS.exists(), reason='real camera-trap photos not available')
