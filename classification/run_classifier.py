@@ -9,8 +9,11 @@ Rows are sorted by path.
 Speed on CPUs (measured in bench/bench_inference.py): the model is frozen and
 run with TorchScript's oneDNN graph fusion (convolutions fused with batch
 norms and activations) on channels-last inputs; probabilities change only at
-float32 rounding level, and it is about 1.5x faster than the model as loaded. JPEG crops are decoded at reduced
-scale when still at least --image-size (libjpeg draft mode). --bf16 runs the
+float32 rounding level, and it is about 1.5x faster than the model as loaded.
+JPEG crops are decoded at reduced scale when still at least --image-size
+(libjpeg draft mode), batched as 8-bit pixels and normalized a batch at a time
+(the same values as per-image ToTensor + Normalize); with --num-workers 0 the
+next batch is read on a background thread while the model runs. --bf16 runs the
 model under bfloat16 autocast: faster again on CPUs with AMX/AVX-512-BF16 and
 on GPUs, with probabilities off by up to about 0.01 (top-1 labels rarely
 change). Torch uses one thread per core; on a machine with few cores use
@@ -76,7 +79,7 @@ def classify(model: torch.nn.Module | torch.jit.ScriptModule, crops_dir: str,
              ) -> tuple[pd.DataFrame, list[str]]:
     """(probabilities table, unreadable crops)."""
     ds = train_utils.CropDataset(crops_dir, crops, None, None,
-                                 train_utils.eval_transform(image_size), image_size)
+                                 train_utils.eval_pixels(image_size), image_size)
     loader = train_utils.make_loader(ds, batch_size, num_workers, device)
     probs, bad = train_utils.predict_probs(model, loader, device, len(categories), bf16=bf16)
     keep = sorted(set(range(len(crops))) - set(bad))

@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
+import threading
 import urllib.error
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -39,6 +41,8 @@ VALID_MODELS = RESNET_MODELS + EFFICIENTNET_MODELS
 EFFICIENTNET_SIZES = {'efficientnet-b0': 224, 'efficientnet-b1': 240, 'efficientnet-b2': 260,
                       'efficientnet-b3': 300, 'efficientnet-b4': 380, 'efficientnet-b5': 456,
                       'efficientnet-b6': 528, 'efficientnet-b7': 600}
+T_co = TypeVar('T_co')
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -236,6 +240,75 @@ def eval_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
     ])
 
 
+def eval_pixels(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
+    """eval_transform up to the pixels: an HWC uint8 tensor, 4x smaller to batch
+    and move than floats. ``to_model_input`` then scales and normalizes whole
+    batches with the same float operations as ToTensor + Normalize (identical
+    values), already in channels-last layout."""
+    resize = T.Compose([T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
+                        T.CenterCrop(image_size)])
+
+    def pixels(img: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(np.array(resize(img), dtype=np.uint8))
+
+    return pixels
+
+
+def to_model_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A loader batch as float NCHW in channels-last layout on ``device``.
+
+    uint8 NHWC batches (``eval_pixels``) are scaled to [0, 1] and normalized
+    here; float NCHW batches are only moved and laid out channels-last.
+    """
+    x = x.to(device, non_blocking=True)
+    if x.dtype == torch.uint8:
+        # NHWC permuted to NCHW is already channels-last; .float() keeps the strides
+        x = x.permute(0, 3, 1, 2).float().div_(255)
+        mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=device).view(1, 3, 1, 1)
+        return x.sub_(mean).div_(std)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def prefetch(items: Iterable[T_co], depth: int = 2) -> Iterator[T_co]:
+    """Iterates ``items`` on a background thread, ``depth`` items ahead.
+
+    With in-process data loading (--num-workers 0), crops of the next batch are
+    decoded and resized (Pillow releases the GIL) while the model runs.
+    Exceptions of the background thread are raised here.
+    """
+    q: queue.Queue[tuple[bool, Any]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put((True, item))
+            q.put((False, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put((False, e))
+
+    thread = threading.Thread(target=work, name='prefetch', daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():      # unblock a producer waiting on a full queue
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+
+
 def open_crop(path: Path, image_size: int) -> Image.Image:
     """Decodes a crop as RGB, letting libjpeg downscale (draft mode) while the
     result stays at least ``image_size`` on both sides."""
@@ -270,7 +343,9 @@ class CropDataset(Dataset[tuple[torch.Tensor, int, float, int]]):
         try:
             img = open_crop(self.root / self.paths[i], self.image_size)
         except (OSError, UnidentifiedImageError, ValueError):
-            return torch.zeros(3, self.image_size, self.image_size), -1, 0.0, i
+            # a placeholder of the transform's shape and type; callers drop label -1
+            blank = Image.new('RGB', (self.image_size, self.image_size))
+            return self.transform(blank), -1, 0.0, i
         return self.transform(img), self.labels[i], self.weights[i], i
 
 
@@ -460,14 +535,16 @@ def predict_probs(model: nn.Module | torch.jit.ScriptModule,
     probs = np.zeros((len(loader.dataset), num_outputs), dtype=np.float32)  # type: ignore
     unreadable: list[int] = []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    for x, y, _, idx in tqdm(loader, desc=desc, leave=False, disable=None):
+    batches: Iterable[Any] = loader if loader.num_workers > 0 else prefetch(loader)
+    for x, y, _, idx in tqdm(batches, total=len(loader), desc=desc, leave=False,
+                             disable=None):
         ok = y >= 0
         if not bool(ok.all()):
             unreadable.extend(int(i) for i in idx[~ok])
             x, idx = x[ok], idx[ok]
             if len(idx) == 0:
                 continue
-        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        x = to_model_input(x, device)
         with autocast:
             logits = model(x)
         if logits.shape[1] != num_outputs:
@@ -509,7 +586,7 @@ def evaluate_frames(model: nn.Module | torch.jit.ScriptModule, frames: dict[str,
             continue
         loader = make_loader(CropDataset(crops_dir, df['path'].tolist(),
                                          df['label_idx'].tolist(), df['weight'].tolist(),
-                                         eval_transform(image_size), image_size),
+                                         eval_pixels(image_size), image_size),
                              batch_size, num_workers, device)
         probs, bad = predict_probs(model, loader, device, num_outputs, desc=f'eval {split}')
         if aggregate is not None:

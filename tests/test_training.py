@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pandas as pd
@@ -183,3 +184,48 @@ def test_label_stats():
     assert stats['precision'].tolist()[:2] == [0.5, pytest.approx(2 / 3)]
     assert stats['recall'].tolist()[:3] == [0.5, 1.0, 0.0]
     assert np.isnan(stats['recall'].iloc[3]) and np.isnan(stats['precision'].iloc[3])
+
+
+@pytest.mark.parametrize('image_size', [96, 224])
+def test_batch_normalization_equals_per_image_transform(image_size):
+    """eval_pixels + to_model_input (uint8 batches, normalized at once, channels-last)
+    give exactly the tensors of eval_transform (ToTensor + Normalize per image)."""
+    from PIL import Image
+    rng = np.random.default_rng(image_size)
+    imgs = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+            for h, w in ((120, 90), (300, 500), (image_size, image_size), (50, 400))]
+    per_image = torch.stack([train_utils.eval_transform(image_size)(im) for im in imgs])
+    pixels = torch.stack([train_utils.eval_pixels(image_size)(im) for im in imgs])
+    assert pixels.dtype == torch.uint8 and pixels.shape == (4, image_size, image_size, 3)
+    batch = train_utils.to_model_input(pixels, torch.device('cpu'))
+    assert torch.equal(batch, per_image)
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    floats = train_utils.to_model_input(per_image, torch.device('cpu'))
+    assert torch.equal(floats, per_image)
+    assert floats.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_prefetch_keeps_order_raises_and_stops():
+    assert list(train_utils.prefetch(iter(range(50)), depth=2)) == list(range(50))
+
+    def broken():
+        yield 1
+        raise ValueError('bad batch')
+    with pytest.raises(ValueError, match='bad batch'):
+        list(train_utils.prefetch(broken()))
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+    it = train_utils.prefetch(endless(), depth=2)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()                          # the consumer stops early: the thread ends
+    n = len(produced)
+    assert n <= 3 + 2 + 2
+    assert not any(t.name == 'prefetch' and t.is_alive() for t in threading.enumerate())
+    assert len(produced) == n
