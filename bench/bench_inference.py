@@ -104,7 +104,10 @@ def main() -> None:
     parser.add_argument('--work', default='bench/out/inference')
     parser.add_argument('--generated-photos', type=int, default=120)
     parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--repeats', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=2,
+                        help='runs of run_classifier per implementation (best counts)')
+    parser.add_argument('--crop-repeats', type=int, default=5,
+                        help='runs of crop_detections per implementation (best counts)')
     parser.add_argument('--image-sizes', type=int, nargs='+', default=[224])
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--num-workers', type=int, default=1)
@@ -130,7 +133,8 @@ def main() -> None:
           '| ratio |')
     print('|---|---|---|---|---|---|---|---|')
     for name, det, images in sets:
-        r = bench_crops(det, images, work / name.split()[0], args.threads, args.repeats, 0.2)
+        r = bench_crops(det, images, work / name.split()[0], args.threads, args.crop_repeats,
+                        0.2)
         print(f'| {name} | {r["photos"]} | {r["crops"]} | {r["ours"]:.2f} | '
               f'{r["original"]:.2f} | {r["photos"] / r["ours"]:.1f} | '
               f'{r["photos"] / r["original"]:.1f} | {r["original"] / r["ours"]:.2f}x |',
