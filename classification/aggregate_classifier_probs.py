@@ -1,4 +1,4 @@
-"""Sum classifier probabilities into target categories.
+r"""Sum classifier probabilities into target categories.
 
 Reads run_classifier output and a mapping {target: [classifier labels]} (from
 map_classification_categories); writes the same CSV with one column per

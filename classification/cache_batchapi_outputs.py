@@ -1,4 +1,4 @@
-"""Cache MegaDetector results for a dataset in the detector output cache.
+r"""Cache MegaDetector results for a dataset in the detector output cache.
 
 Merges a MegaDetector output JSON (``--format detections``: what a local run of
 MegaDetector writes) into ``<cache dir>/v<version>/<dataset>.json``. Results for

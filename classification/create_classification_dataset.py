@@ -1,4 +1,4 @@
-"""Build the classification dataset CSV, the label index and location-based splits.
+r"""Build the classification dataset CSV, the label index and location-based splits.
 
 --mode csv: every crop on disk of an image in queried_images.json becomes one
 row: ground-truth crops with confidence 1.0, detector crops (from the cache)

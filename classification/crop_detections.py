@@ -1,4 +1,4 @@
-"""Crop the MegaDetector boxes of new photos, ready for run_classifier.
+r"""Crop the MegaDetector boxes of new photos, ready for run_classifier.
 
 Every animal detection with confidence at least --threshold becomes one RGB JPEG,
 ``<cropped_images_dir>/<file>___cropNN_mdv<version>.jpg`` (NN = the box's index

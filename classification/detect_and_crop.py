@@ -1,4 +1,4 @@
-"""Crop training images: ground-truth boxes, else cached MegaDetector boxes.
+r"""Crop training images: ground-truth boxes, else cached MegaDetector boxes.
 
 For each image of queried_images.json, crops its ground-truth boxes when the
 database has them (crop names without a detector suffix), and otherwise the

@@ -1,4 +1,4 @@
-"""Evaluate a trained classifier on the splits of a classification dataset.
+r"""Evaluate a trained classifier on the splits of a classification dataset.
 
 Takes the params.json of a training run and a checkpoint: a normal training
 checkpoint (``ckpt_<epoch>.pt``, which is also exported to TorchScript beside

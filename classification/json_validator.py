@@ -1,4 +1,4 @@
-"""Validate a label specification and query MegaDB for the matching images.
+r"""Validate a label specification and query MegaDB for the matching images.
 
 Checks every taxon and dataset label of the specification against the
 taxonomy CSV (and that no dataset label is claimed by two output labels,

@@ -1,4 +1,4 @@
-"""Map a classifier's labels onto the target categories you want.
+r"""Map a classifier's labels onto the target categories you want.
 
 Both the targets and the classifier's labels are label specifications (taxa
 and dataset labels, resolved through the taxonomy CSV to (dataset, dataset

@@ -1,4 +1,4 @@
-"""Merge classifier probabilities into a MegaDetector-format detections JSON.
+r"""Merge classifier probabilities into a MegaDetector-format detections JSON.
 
 Adds ``"classifications": [[category_id, confidence], ...]`` (sorted by
 decreasing confidence, only those of at least --threshold) to each detection

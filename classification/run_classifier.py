@@ -1,4 +1,4 @@
-"""Run a TorchScript classifier on crops; write one probability per category.
+r"""Run a TorchScript classifier on crops; write one probability per category.
 
 The crops to classify are listed from --detections-json (every animal detection
 with confidence at least --threshold, named as crop_detections names them), or

@@ -1,4 +1,4 @@
-"""Merge a Timelapse export of reviewed images into the known-mislabeled lists.
+r"""Merge a Timelapse export of reviewed images into the known-mislabeled lists.
 
 Reads the CSV that Timelapse exports (columns ``File``, ``RelativePath``, a
 ``mislabeled`` flag and a ``correct_class`` note; the first folder of

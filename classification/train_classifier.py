@@ -1,4 +1,4 @@
-"""Train a species classifier on the crops of a classification dataset.
+r"""Train a species classifier on the crops of a classification dataset.
 
 Reads classification_ds.csv, label_index.json and splits.json from
 dataset_dir (made by create_classification_dataset) and the crops from

@@ -1,4 +1,4 @@
-"""Generate the embedded demo camera-trap project (no downloaded data).
+r"""Generate the embedded demo camera-trap project (no downloaded data).
 
 Draws full-size camera-trap photos procedurally: two datasets, a dozen or more
 camera locations each with its own scenery, five animal classes whose shape,

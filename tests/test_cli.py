@@ -21,6 +21,9 @@ STEPS = ['csv_to_json', 'json_validator', 'cache_batchapi_outputs', 'detect_and_
 def test_module_help(step):
     proc = run_module(f'classification.{step}', '--help')
     assert 'Example:' in proc.stdout and f'classification.{step}' in proc.stdout
+    # multi-line example commands keep their backslash line continuations
+    example = proc.stdout.split('Example:', 1)[1].split('\noptions:', 1)[0]
+    assert max(len(line) for line in example.splitlines()) <= 100
 
 
 @pytest.mark.parametrize('script', ['classification/run_classifier.py',

@@ -1,4 +1,4 @@
-"""Download images of MegaDB datasets from their blob containers (or local roots).
+r"""Download images of MegaDB datasets from their blob containers (or local roots).
 
 Lists of images to fetch, each image named ``<dataset>/<path in the dataset>``:
 - ``txt``: one name per line (e.g. identify_mislabeled_candidates output);

@@ -1,4 +1,4 @@
-"""Import a dataset into the labeled-image database (MegaDB).
+r"""Import a dataset into the labeled-image database (MegaDB).
 
 Reads COCO Camera Traps JSON (the format of the public LILA datasets) or a JSON
 list of MegaDB sequence documents, validates every record, and replaces the
