@@ -1,4 +1,4 @@
-"""json_to_azcopy_list and save_mislabeled."""
+"""json_to_azcopy_list, save_mislabeled and identify_mislabeled_candidates."""
 from __future__ import annotations
 
 import json
@@ -52,3 +52,65 @@ def test_saved_lists_drive_json_validator(tmp_path):
         out = json_validator.query_images(db, {'d': {'deer': ['deer']}},
                                           str(tmp_path / 'megadb_mislabeled'))
     assert list(out) == ['d/0.jpg']
+
+
+def _outputs(tmp_path, split, rows):
+    df = pd.DataFrame(rows, columns=['path', 'label', 'weight', 'elk', 'deer', 'fox'])
+    utils.write_csv(df, tmp_path / f'outputs_{split}.csv.gz')
+
+
+def test_mislabeled_candidates_by_margin_split_and_dataset(tmp_path, capsys):
+    from classification import identify_mislabeled_candidates as imc
+    _outputs(tmp_path, 'test', [
+        ['ds1/loc/a.jpg___crop00_mdv5a.jpg', 'elk', 1, 0.02, 0.97, 0.01],   # margin .95
+        ['ds1/loc/a.jpg___crop01_mdv5a.jpg', 'elk', 1, 0.01, 0.98, 0.01],   # same image
+        ['ds1/b.jpg___crop00.jpg', 'deer', 1, 0.30, 0.10, 0.60],            # margin .50
+        ['ds2/c.jpg___crop00_mdv5a.jpg', 'fox', 1, 0.05, 0.05, 0.90],       # right
+        ['ds2/d.jpg___crop02_mdv5a.jpg', 'fox', 1, 0.90, 0.05, 0.05],       # margin .85
+    ])
+    _outputs(tmp_path, 'val', [['ds3/e.jpg___crop00.jpg', 'deer', 1, 0.0, 0.0, 1.0]])
+    assert imc.main([str(tmp_path), '--margin', '0.5', '--splits', 'test']) == 0
+    assert (tmp_path / 'mislabeled_candidates_test_ds1.txt').read_text() == 'b.jpg\nloc/a.jpg\n'
+    assert (tmp_path / 'mislabeled_candidates_test_ds2.txt').read_text() == 'd.jpg\n'
+    assert not (tmp_path / 'mislabeled_candidates_val_ds3.txt').exists()
+    assert imc.main([str(tmp_path), '--margin', '0.9', '-d']) == 0      # every split present
+    assert (tmp_path / 'mislabeled_candidates_test_ds1.txt').read_text() == 'ds1/loc/a.jpg\n'
+    assert (tmp_path / 'mislabeled_candidates_val_ds3.txt').read_text() == 'ds3/e.jpg\n'
+    # the -d list is what download_images txt reads
+    from data_management.megadb import download_images
+    assert download_images.read_list('txt', str(tmp_path / 'mislabeled_candidates_val_ds3.txt'),
+                                     'file', 'download_id') == [('ds3/e.jpg', 'ds3/e.jpg')]
+
+
+def test_mislabeled_candidates_of_a_trained_run(trained_run, tmp_path):
+    """On real evaluate outputs: with margin 0+ the candidates are exactly the images
+    with a misclassified crop."""
+    import shutil
+
+    from classification import identify_mislabeled_candidates as imc
+    run = tmp_path / 'run'
+    shutil.copytree(trained_run, run)
+    assert imc.main([str(run), '--margin', '0.000001', '--splits', 'val', '-d']) == 0
+    df = utils.read_csv(run / 'outputs_val.csv.gz', dtype={'path': str, 'label': str})
+    probs = df.drop(columns=['path', 'label', 'weight'])
+    wrong = df[probs.idxmax(axis=1) != df['label']]
+    expected = sorted({utils.parse_crop_filename(p)[0] for p in wrong['path']})
+    got = sorted(line for f in run.glob('mislabeled_candidates_val_*.txt')
+                 for line in f.read_text().splitlines())
+    assert got == expected
+
+
+def test_mislabeled_candidates_bad_inputs(tmp_path, capsys):
+    from classification import identify_mislabeled_candidates as imc
+    assert utils.run_cli(lambda: imc.main([str(tmp_path)])) == 2
+    assert 'no outputs_<split>.csv.gz' in capsys.readouterr().err
+    _outputs(tmp_path, 'test', [['ds1/a.jpg___crop00.jpg', 'moose', 1, 0.2, 0.3, 0.5]])
+    assert utils.run_cli(lambda: imc.main([str(tmp_path), '--splits', 'test'])) == 2
+    err = capsys.readouterr().err
+    assert "row 2: label 'moose' has no probability column" in err and 'Traceback' not in err
+    _outputs(tmp_path, 'test', [['a.jpg___crop00.jpg', 'elk', 1, 0.2, 0.3, 0.5]])
+    assert utils.run_cli(lambda: imc.main([str(tmp_path), '--splits', 'test',
+                                           '--margin', '0.1'])) == 2
+    assert 'not under a <dataset>/ folder' in capsys.readouterr().err
+    assert utils.run_cli(lambda: imc.main([str(tmp_path), '--splits', 'val'])) == 2
+    assert 'outputs_val.csv.gz' in capsys.readouterr().err
