@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
-from azure.storage.blob import ContainerClient, ExponentialRetry
+from azure.storage.blob import BlobClient, ContainerClient, ExponentialRetry
 
 from classification.utils import InputError, redact_url
 
@@ -78,6 +78,27 @@ def dataset_container_url(entry: dict[str, Any]) -> str:
     return f'{endpoint}/{container}' + (f'?{sas}' if sas else '')
 
 
+def _retry_policy(retry: RetrySettings) -> ExponentialRetry:
+    # the SDK annotates these as int but computes with any number
+    return ExponentialRetry(initial_backoff=retry.initial_backoff,  # type: ignore[arg-type]
+                            increment_base=retry.increment_base,  # type: ignore[arg-type]
+                            retry_total=retry.retry_total, random_jitter_range=0)
+
+
+def download_blob_url(url: str, retry: RetrySettings | None = None) -> bytes:
+    """The content of one blob given by its URL (with SAS); InputError if it cannot
+    be read, naming the URL without its token."""
+    retry = retry or RetrySettings.from_env()
+    try:
+        client = BlobClient.from_blob_url(url, retry_policy=_retry_policy(retry),
+                                          read_timeout=retry.read_timeout)
+        return bytes(client.download_blob(max_concurrency=1).readall())
+    except ResourceNotFoundError as e:
+        raise InputError(f'{describe(url)}: blob not found') from e
+    except (ValueError, AzureError) as e:
+        raise InputError(f'{describe(url)}: {safe_error(e)}') from e
+
+
 def open_container(url: str, retry: RetrySettings | None = None,
                    **client_kwargs: Any) -> ContainerClient:
     """A ContainerClient for a container URL with SAS; bad URLs are InputError."""
@@ -85,10 +106,7 @@ def open_container(url: str, retry: RetrySettings | None = None,
     if not url.lower().startswith(('https://', 'http://')):
         raise InputError(f'container URL {describe(url)} must start with https:// (or http:// '
                          'for an emulator)')
-    # the SDK annotates these as int but computes with any number
-    policy = ExponentialRetry(initial_backoff=retry.initial_backoff,  # type: ignore[arg-type]
-                              increment_base=retry.increment_base,  # type: ignore[arg-type]
-                              retry_total=retry.retry_total, random_jitter_range=0)
+    policy = _retry_policy(retry)
     try:
         client = ContainerClient.from_container_url(
             url, retry_policy=policy, read_timeout=retry.read_timeout, **client_kwargs)

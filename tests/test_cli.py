@@ -14,7 +14,7 @@ STEPS = ['csv_to_json', 'json_validator', 'cache_batchapi_outputs', 'detect_and_
          'create_classification_dataset', 'train_classifier', 'evaluate_model',
          'crop_detections', 'run_classifier', 'merge_classification_detection_output',
          'map_classification_categories', 'aggregate_classifier_probs', 'json_to_azcopy_list',
-         'save_mislabeled', 'identify_mislabeled_candidates']
+         'save_mislabeled', 'identify_mislabeled_candidates', 'analyze_failed_images']
 
 
 @pytest.mark.parametrize('step', STEPS)
