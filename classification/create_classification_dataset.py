@@ -8,7 +8,8 @@ locations are dropped.
 that each label's crops and locations are split close to --val-frac and
 --test-frac. ``random`` scores --num-trials random assignments at once (array
 operations, seeded); ``smallest_first`` fills test, then val, then train,
-starting from the rarest label and its smallest locations.
+starting from the rarest label and its smallest locations; with --label-spec,
+a label's locations in the datasets its "prioritize" field lists come first.
 
 Example:
     python -m classification.create_classification_dataset run1 \
@@ -34,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from classification import utils
+from classification.taxonomy import parse_label_spec
 from detection.detector_output import DetectionCache, queried_image_crops
 
 logger = logging.getLogger(__name__)
@@ -132,17 +134,28 @@ def split_random(df: pd.DataFrame, val_frac: float, test_frac: float, seed: int,
     return _to_splits(locs, best)
 
 
-def split_smallest_first(df: pd.DataFrame, val_frac: float, test_frac: float
+def split_smallest_first(df: pd.DataFrame, val_frac: float, test_frac: float,
+                         prioritize: Mapping[str, Sequence[Sequence[str]]] | None = None
                          ) -> dict[str, list[list[str]]]:
     """Rarest label first: its smallest unassigned locations go to test, then val,
-    until each holds its share of that label's crops; the rest go to train."""
-    locs, _, counts = _count_matrix(df)
+    until each holds its share of that label's crops; the rest go to train.
+
+    ``prioritize`` ({label: [[datasets of tier 1], [tier 2], ...]}, the label
+    specification's field) puts a label's locations from tier-1 datasets first,
+    then tier 2, ..., then the other datasets, each group smallest first; so
+    the test set is filled from the preferred datasets.
+    """
+    locs, labels, counts = _count_matrix(df)
+    prioritize = prioritize or {}
     assign = np.full(len(locs), -1)
     for k in np.argsort(counts.sum(axis=0), kind='stable'):
         total = counts[:, k].sum()
         want = {2: test_frac * total, 1: val_frac * total}
         have = {s: counts[assign == s, k].sum() for s in (1, 2)}
-        order = [int(i) for i in np.argsort(counts[:, k], kind='stable') if counts[i, k] > 0]
+        tiers = prioritize.get(labels[k], ())
+        tier_of = {ds: t for t in range(len(tiers) - 1, -1, -1) for ds in tiers[t]}
+        order = sorted((int(i) for i in np.flatnonzero(counts[:, k] > 0)),
+                       key=lambda i: (tier_of.get(locs[i][0], len(tiers)), counts[i, k], i))
         for i in order:
             if assign[i] != -1:
                 continue
@@ -193,6 +206,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='split heuristic (default: random)')
     parser.add_argument('--num-trials', type=utils.positive_int, default=10_000,
                         help='random assignments scored by --method random (default: 10000)')
+    parser.add_argument('--label-spec',
+                        help='label specification JSON: with --method smallest_first, fill '
+                             'the test (then val) set first from the datasets its '
+                             '"prioritize" field lists for each label')
     parser.add_argument('--seed', type=int, default=123,
                         help='random seed for --method random (default: 123)')
     args = parser.parse_args(argv)
@@ -208,6 +225,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error('--match-test and --test-frac cannot be used together')
         if args.val_frac + (args.test_frac or 0) >= 1:
             parser.error('--val-frac + --test-frac must be below 1')
+        if args.label_spec and args.method != 'smallest_first':
+            parser.error('--label-spec needs --method smallest_first')
     return args
 
 
@@ -243,6 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if 'splits' in args.mode:
         if 'csv' not in args.mode:      # else the table just written is still in df
             df = utils.read_csv(csv_path, dtype={'location': str, 'dataset': str})
+        prioritize = None
+        if args.label_spec:
+            specs = parse_label_spec(utils.read_json(args.label_spec), args.label_spec)
+            prioritize = {label: spec.prioritize for label, spec in specs.items()}
         if args.match_test:
             test_locs = utils.read_json(args.match_test[1]).get('test', [])
             test_set = {(d, str(loc)) for d, loc in test_locs}
@@ -250,14 +273,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                        for d, loc in zip(df['dataset'], df['location'], strict=True)]
             rest = df[[not t for t in in_test]]
             val_frac = args.val_frac / max(1e-9, 1 - len(df[in_test]) / len(df))
-            splits = split_random(rest, min(val_frac, 0.99), 0.0, args.seed, args.num_trials) \
-                if args.method == 'random' else split_smallest_first(rest, args.val_frac, 0.0)
+            if args.method == 'random':
+                splits = split_random(rest, min(val_frac, 0.99), 0.0, args.seed,
+                                      args.num_trials)
+            else:
+                splits = split_smallest_first(rest, args.val_frac, 0.0, prioritize)
             splits['test'] = [[d, str(loc)] for d, loc in test_locs]
         elif args.method == 'random':
             splits = split_random(df, args.val_frac, args.test_frac or 0.0, args.seed,
                                   args.num_trials)
         else:
-            splits = split_smallest_first(df, args.val_frac, args.test_frac or 0.0)
+            splits = split_smallest_first(df, args.val_frac, args.test_frac or 0.0,
+                                          prioritize)
         utils.write_json(splits, out / 'splits.json', indent=1)
         logger.info('crops per label and split:\n%s', split_summary(df, splits).to_string())
     return 0

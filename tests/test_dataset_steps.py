@@ -114,6 +114,39 @@ def test_smallest_first_split():
     assert (summary['test'] > 0).all()
 
 
+def _two_dataset_frame():
+    """Label 'elk' at 6 locations of dataset 'big' (20 crops each) and 4 of 'pref'
+    (30 crops each)."""
+    rows = []
+    for ds, n_locs, n in (('big', 6, 20), ('pref', 4, 30)):
+        for loc in range(n_locs):
+            rows += [(f'{ds}/l{loc}/{i}.jpg___crop00.jpg', ds, f'l{loc}', 'elk', 0.9, 'elk')
+                     for i in range(n)]
+    return pd.DataFrame(rows, columns=create_classification_dataset.CSV_COLUMNS)
+
+
+def test_smallest_first_fills_test_from_prioritized_datasets(tmp_path):
+    df = _two_dataset_frame()
+    plain = create_classification_dataset.split_smallest_first(df, 0.0, 0.25)
+    assert {d for d, _ in plain['test']} == {'big'}         # smallest locations first
+    first = create_classification_dataset.split_smallest_first(
+        df, 0.0, 0.25, {'elk': [['pref']]})
+    assert {d for d, _ in first['test']} == {'pref'} and len(first['test']) == 2
+    # through the command line, from a label specification
+    utils.write_csv(df, tmp_path / 'classification_ds.csv')
+    spec = {'elk': {'dataset_labels': {'pref': ['elk'], 'big': ['elk']},
+                    'max_count': 1000, 'prioritize': [['nothere'], ['pref']]}}
+    (tmp_path / 'spec.json').write_text(json.dumps(spec))
+    assert create_classification_dataset.main([
+        str(tmp_path), '--mode', 'splits', '--val-frac', '0', '--test-frac', '0.25',
+        '--method', 'smallest_first', '--label-spec', str(tmp_path / 'spec.json')]) == 0
+    assert {d for d, _ in read_json(tmp_path / 'splits.json')['test']} == {'pref'}
+    with pytest.raises(SystemExit):
+        create_classification_dataset.parse_args([
+            str(tmp_path), '--mode', 'splits', '--val-frac', '0.2',
+            '--label-spec', str(tmp_path / 'spec.json')])      # needs smallest_first
+
+
 def test_too_few_locations_is_an_input_error():
     df = _toy_frame(n_locs=2)
     with pytest.raises(utils.InputError, match='locations'):
