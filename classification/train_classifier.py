@@ -18,7 +18,9 @@ Writes into a new folder <logdir>/<YYYYmmdd_HHMMSS>/ (or the --resume folder):
     ckpt_<epoch>.pt            model weights of each new best epoch
     ckpt_last.pt               full training state of the last epoch (for --resume)
     ckpt_<best>_compiled.pt    TorchScript export of the best epoch
-    events.out.tfevents.*      TensorBoard logs (loss and accuracy per split)
+    events.out.tfevents.*      TensorBoard logs (loss and accuracy per split; with
+                               --log-extreme-examples N, each label's N most
+                               confident right and wrong crops per split and epoch)
     outputs_<split>.csv.gz, overall_metrics.csv, confusion_matrices.npz,
     label_stats.csv            evaluation of the best epoch (as evaluate_model)
 """
@@ -34,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from PIL import UnidentifiedImageError
 from torch.utils.data import WeightedRandomSampler
 from torch.utils.tensorboard import SummaryWriter
 
@@ -73,6 +76,36 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def log_extreme_examples(writer: SummaryWriter, ds: train_utils.CropDataset, split: str,
+                         result: train_utils.EpochResult, labels: Sequence[str], n: int,
+                         epoch: int) -> None:
+    """For each label, its ``n`` most confident true positives, false positives and
+    false negatives of this epoch: images (as the model sees them, before
+    normalization) under ``<split>/<label>/<tp|fp|fn>``, and a text table of their
+    crop paths, true labels, predictions and confidences under the same tag."""
+    if result.examples is None or n <= 0:
+        return
+    rows, true, pred, conf = result.examples
+    to_pixels = train_utils.eval_pixels(ds.image_size)
+    for k, label in enumerate(labels):
+        for kind, pos in train_utils.extreme_examples(true, pred, conf, k, n).items():
+            images, lines = [], []
+            for p in pos:
+                path = ds.paths[int(rows[p])]
+                try:
+                    images.append(to_pixels(train_utils.open_crop(ds.root / path,
+                                                                  ds.image_size)))
+                except (OSError, UnidentifiedImageError, ValueError):
+                    continue
+                lines.append(f'| {path} | {labels[int(true[p])]} | {labels[int(pred[p])]} '
+                             f'| {conf[p]:.3f} |')
+            if images:
+                tag = f'{split}/{label}/{kind}'
+                writer.add_images(tag, torch.stack(images), epoch, dataformats='NHWC')
+                writer.add_text(tag, '| crop | label | predicted | confidence |\n'
+                                '|---|---|---|---|\n' + '\n'.join(lines), epoch)
 
 
 def train(args: argparse.Namespace, run_dir: Path) -> pd.DataFrame:
@@ -136,6 +169,9 @@ def train(args: argparse.Namespace, run_dir: Path) -> pd.DataFrame:
                 for k, v in res.metrics().items():
                     writer.add_scalar(f'{split}/{k}', v, epoch)
             writer.add_scalar('lr', optimizer.param_groups[0]['lr'], epoch)
+            for split, res in (('train', tr), ('val', va)):
+                log_extreme_examples(writer, datasets[split], split, res, labels,
+                                     args.log_extreme_examples, epoch)
             improved = va.acc_top1 > best_acc
             if improved:
                 best_acc, best_epoch = va.acc_top1, epoch
@@ -146,6 +182,8 @@ def train(args: argparse.Namespace, run_dir: Path) -> pd.DataFrame:
                                                desc=f'epoch {epoch} test')
                     for k, v in te.metrics().items():
                         writer.add_scalar(f'test/{k}', v, epoch)
+                    log_extreme_examples(writer, datasets['test'], 'test', te, labels,
+                                         args.log_extreme_examples, epoch)
             with utils.atomic_path(last) as tmp:
                 torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
                             'scheduler': scheduler.state_dict(), 'epoch': epoch,
@@ -212,6 +250,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='stop after this many epochs without a better val accuracy')
     parser.add_argument('--device', help='torch device, e.g. cpu or cuda:1 (default: cuda if '
                                          'available)')
+    parser.add_argument('--log-extreme-examples', type=utils.nonneg_int, default=0,
+                        metavar='N',
+                        help='log to TensorBoard, per label, split and epoch, the N most '
+                             'confident true positives, false positives and false negatives '
+                             '(images and a table of paths; default: 0, none)')
     parser.add_argument('--resume', metavar='RUN_DIR',
                         help='continue the run in RUN_DIR from its ckpt_last.pt')
     return parser.parse_args(argv)

@@ -371,6 +371,8 @@ class EpochResult:
     acc_weighted_top3: float
     probs: np.ndarray | None = None       # N x C, in dataset order
     unreadable: tuple[int, ...] = ()
+    # per example seen by run_epoch: dataset row, true label, top-1 label, its probability
+    examples: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def metrics(self) -> dict[str, float]:
         return {'loss': self.loss, 'acc_top1': self.acc_top1, 'acc_top3': self.acc_top3,
@@ -388,6 +390,7 @@ def run_epoch(model: nn.Module, loader: DataLoader[Any], device: torch.device,
     sums = np.zeros(6)  # loss, top1, top3, weighted loss, weighted top1, weighted top3
     total_w = 0.0
     unreadable: list[int] = []
+    seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     with torch.set_grad_enabled(training):
         for x, y, w, idx in tqdm(loader, desc=desc, leave=False, disable=None):
             ok = y >= 0
@@ -411,15 +414,37 @@ def run_epoch(model: nn.Module, loader: DataLoader[Any], device: torch.device,
                 top = logits.topk(k, dim=1).indices
                 hit1 = (top[:, 0] == y).float()
                 hit3 = (top == y[:, None]).any(dim=1).float()
+                conf = logits.float().softmax(dim=1).gather(1, top[:, :1])[:, 0]
+                seen.append((idx, y.cpu(), top[:, 0].cpu(), conf.cpu()))
                 batch = torch.stack([losses, hit1, hit3, losses * w, hit1 * w, hit3 * w])
                 sums[:3] += batch[:3].sum(dim=1).cpu().numpy()
                 sums[3:] += batch[3:].sum(dim=1).cpu().numpy()
                 n_seen += len(y)
                 total_w += float(w.sum())
     n, tw = max(n_seen, 1), max(total_w, 1e-8)
+    examples = None
+    if seen:
+        cols = [torch.cat([b[j] for b in seen]).numpy() for j in range(4)]
+        examples = (cols[0].astype(np.int64), cols[1].astype(np.int64),
+                    cols[2].astype(np.int64), cols[3].astype(np.float64))
     return EpochResult(float(sums[0] / n), float(sums[1] / n), float(sums[2] / n),
                        float(sums[3] / tw), float(sums[4] / tw), float(sums[5] / tw), None,
-                       tuple(unreadable))
+                       tuple(unreadable), examples)
+
+
+def extreme_examples(true: np.ndarray, pred: np.ndarray, conf: np.ndarray, label: int,
+                     n: int) -> dict[str, np.ndarray]:
+    """Positions (into the arrays) of a label's most confident examples, at most ``n``
+    each: ``tp`` (right), ``fp`` (predicted as the label, wrongly), ``fn`` (of the
+    label, predicted as another); most confident first, ties by position."""
+    groups = {'tp': (true == label) & (pred == label),
+              'fp': (true != label) & (pred == label),
+              'fn': (true == label) & (pred != label)}
+    out = {}
+    for name, mask in groups.items():
+        where = np.flatnonzero(mask)
+        out[name] = where[np.argsort(-conf[where], kind='stable')[:n]]
+    return out
 
 
 def label_stats(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str],

@@ -229,3 +229,40 @@ def test_prefetch_keeps_order_raises_and_stops():
     assert n <= 3 + 2 + 2
     assert not any(t.name == 'prefetch' and t.is_alive() for t in threading.enumerate())
     assert len(produced) == n
+
+
+def test_extreme_examples_selection():
+    true = np.array([0, 0, 0, 1, 1, 2, 0])
+    pred = np.array([0, 0, 1, 0, 1, 0, 2])
+    conf = np.array([0.6, 0.9, 0.8, 0.95, 0.7, 0.5, 0.4])
+    ex = train_utils.extreme_examples(true, pred, conf, 0, 2)
+    assert ex['tp'].tolist() == [1, 0]          # most confident first
+    assert ex['fp'].tolist() == [3, 5]          # predicted 0, truly 1 and 2
+    assert ex['fn'].tolist() == [2, 6]          # truly 0, predicted 1 and 2
+    assert train_utils.extreme_examples(true, pred, conf, 0, 1)['fp'].tolist() == [3]
+    assert all(len(v) == 0 for v in train_utils.extreme_examples(
+        true, pred, conf, 5, 3).values())
+
+
+def test_log_extreme_examples_writes_images_and_tables(base_logdir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    crops = base_logdir.parent / 'crops'
+    assert train_classifier.main([str(base_logdir), str(crops), '-m', 'resnet18',
+                                  '--image-size', '32', '--epochs', '1', '--batch-size', '32',
+                                  '--logdir', str(tmp_path), '--num-workers', '0', '--seed',
+                                  '2', '--log-extreme-examples', '2']) == 0
+    (run,) = list(tmp_path.iterdir())
+    acc = EventAccumulator(str(run), size_guidance={'images': 0, 'tensors': 0})
+    acc.Reload()
+    image_tags = acc.Tags()['images']
+    labels = list(utils.load_label_index(base_logdir / 'label_index.json'))
+    for split in ('train', 'val'):
+        assert any(t.startswith(f'{split}/') for t in image_tags), image_tags
+    for tag in image_tags:
+        split, label, kind = tag.split('/')
+        assert split in ('train', 'val', 'test') and label in labels
+        assert kind in ('tp', 'fp', 'fn')
+        (event,) = acc.Images(tag)
+        assert event.step == 0 and event.height == 32 and event.width in (32, 64)  # 1-2 crops
+    texts = acc.Tags()['tensors']
+    assert set(t.replace('/text_summary', '') for t in texts) >= set(image_tags)
