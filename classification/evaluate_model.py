@@ -97,9 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_labels = utils.load_label_index(args.label_index) if args.label_index else labels
     device = train_utils.pick_device(args.device)
 
+    multilabel = bool(params.get('multilabel', False))
     model: nn.Module
     if train_utils.is_torchscript_file(args.ckpt_path):
-        model = train_utils.load_torchscript(args.ckpt_path, device)
+        model, marked = train_utils.load_torchscript_info(args.ckpt_path, device)
+        multilabel = multilabel or marked
     else:
         state, _ = train_utils.checkpoint_state_dict(args.ckpt_path)
         model = train_utils.build_model(model_name, len(model_labels))
@@ -109,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise utils.InputError(f'{args.ckpt_path}: does not fit {model_name} with '
                                    f'{len(model_labels)} labels ({str(e)[:200]})') from e
         out = train_utils.export_torchscript(model, model_name, image_size,
-                                             train_utils.compiled_path(args.ckpt_path))
+                                             train_utils.compiled_path(args.ckpt_path),
+                                             multilabel)
         logger.info('TorchScript model: %s', out)
         model = model.to(device)
 
@@ -118,11 +121,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         aggregate = mapping_matrix(utils.read_json(args.target_mapping), model_labels, labels,
                                    args.target_mapping)
     splits = args.splits or list(SPLITS)
-    frames = train_utils.load_split_frames(dataset_dir, labels, splits)
+    frames = train_utils.load_split_frames(dataset_dir, labels, splits, multilabel)
     results = train_utils.evaluate_frames(model, frames, crops_dir, image_size, batch_size,
-                                          num_workers, device, len(model_labels), aggregate)
+                                          num_workers, device, len(model_labels), aggregate,
+                                          multilabel)
     table = train_utils.write_evaluation(Path(args.output_dir),
-                                         {s: frames[s] for s in results}, results, labels)
+                                         {s: frames[s] for s in results}, results, labels,
+                                         multilabel)
     train_utils.log_metrics(table)
     return 0
 

@@ -4,7 +4,9 @@ The crops to classify are listed from --detections-json (every animal detection
 with confidence at least --threshold, named as crop_detections names them), or
 are all ``*.jpg`` files under crops_dir. Crops that are missing or cannot be
 read are reported on stderr with their count and left out of the output.
-Rows are sorted by path.
+Rows are sorted by path. A model exported from train_classifier --multilabel
+(marked inside its TorchScript file) gives one sigmoid probability per category
+(they need not sum to 1); other models give softmax probabilities.
 
 Speed on CPUs (measured in bench/bench_inference.py): the model is frozen and
 run with TorchScript's oneDNN graph fusion (convolutions fused with batch
@@ -75,13 +77,15 @@ def list_crops(crops_dir: str, detections_json: str | None, threshold: float,
 
 def classify(model: torch.nn.Module | torch.jit.ScriptModule, crops_dir: str,
              crops: Sequence[str], categories: Sequence[str], image_size: int, batch_size: int,
-             num_workers: int, device: torch.device, bf16: bool = False
-             ) -> tuple[pd.DataFrame, list[str]]:
-    """(probabilities table, unreadable crops)."""
+             num_workers: int, device: torch.device, bf16: bool = False,
+             multilabel: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """(probabilities table, unreadable crops); ``multilabel``: a sigmoid per class
+    instead of the softmax."""
     ds = train_utils.CropDataset(crops_dir, crops, None, None,
                                  train_utils.eval_pixels(image_size), image_size)
     loader = train_utils.make_loader(ds, batch_size, num_workers, device)
-    probs, bad = train_utils.predict_probs(model, loader, device, len(categories), bf16=bf16)
+    probs, bad = train_utils.predict_probs(model, loader, device, len(categories), bf16=bf16,
+                                           multilabel=multilabel)
     keep = sorted(set(range(len(crops))) - set(bad))
     df = pd.DataFrame(probs[keep], columns=list(categories))
     df.insert(0, 'path', [crops[i] for i in keep])
@@ -121,7 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.detector_version is not None:
         utils.check_detector_version(args.detector_version)
     device = train_utils.pick_device(args.device)
-    model = train_utils.load_torchscript(args.model, device)
+    model, multilabel = train_utils.load_torchscript_info(args.model, device)
+    if multilabel:
+        logger.info('multi-label model: one sigmoid probability per category')
     if args.bf16:
         # autocast runs faster on the unfrozen graph with channels-last weights
         model = model.to(memory_format=torch.channels_last)
@@ -139,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.warning('missing crop: %s', crop)
     with train_utils.onednn_fusion(device.type == 'cpu' and not args.bf16):
         df, bad = classify(model, args.crops_dir, crops, categories, args.image_size,
-                           args.batch_size, args.num_workers, device, args.bf16)
+                           args.batch_size, args.num_workers, device, args.bf16,
+                           multilabel)
     for crop in bad[:20]:
         logger.warning('unreadable crop: %s', crop)
     utils.write_csv(df, args.output, float_format='%.6g')

@@ -111,7 +111,7 @@ def log_extreme_examples(writer: SummaryWriter, ds: train_utils.CropDataset, spl
 def train(args: argparse.Namespace, run_dir: Path) -> pd.DataFrame:
     """The whole run; returns the overall metrics of the best epoch."""
     labels = utils.load_label_index(Path(args.dataset_dir) / 'label_index.json')
-    frames = train_utils.load_split_frames(args.dataset_dir, labels, SPLITS)
+    frames = train_utils.load_split_frames(args.dataset_dir, labels, SPLITS, args.multilabel)
     for split in ('train', 'val'):
         if frames[split].empty:
             raise utils.InputError(f'{args.dataset_dir}: the {split} split has no crops')
@@ -129,10 +129,10 @@ def train(args: argparse.Namespace, run_dir: Path) -> pd.DataFrame:
 
     size = args.image_size
     datasets = {s: train_utils.CropDataset(
-        args.cropped_images_dir, df['path'].tolist(), df['label_idx'].tolist(),
-        df['weight'].tolist(),
+        args.cropped_images_dir, df['path'].tolist(),
+        df['label_set' if args.multilabel else 'label_idx'].tolist(), df['weight'].tolist(),
         train_utils.train_transform(size) if s == 'train' else train_utils.eval_transform(size),
-        size) for s, df in frames.items()}
+        size, len(labels) if args.multilabel else None) for s, df in frames.items()}
     sampler = (label_sampler(frames['train']['label_idx'].to_numpy(), gen)
                if args.label_weighted else None)
     train_loader = train_utils.make_loader(datasets['train'], args.batch_size, args.num_workers,
@@ -207,11 +207,12 @@ def train(args: argparse.Namespace, run_dir: Path) -> pd.DataFrame:
     model.load_state_dict(state)
     results = train_utils.evaluate_frames(model, frames, args.cropped_images_dir, size,
                                           args.batch_size, args.num_workers, device,
-                                          len(labels))
+                                          len(labels), multilabel=args.multilabel)
     table = train_utils.write_evaluation(run_dir, {s: frames[s] for s in results}, results,
-                                         labels)
+                                         labels, args.multilabel)
     compiled = train_utils.export_torchscript(model, args.model_name, size,
-                                              train_utils.compiled_path(best_ckpt))
+                                              train_utils.compiled_path(best_ckpt),
+                                              args.multilabel)
     logger.info('best epoch %d; TorchScript model: %s', best_epoch, compiled)
     return table
 
@@ -221,6 +222,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('dataset_dir', help='folder with classification_ds.csv, '
                                             'label_index.json and splits.json')
     parser.add_argument('cropped_images_dir', help='folder the crop paths are relative to')
+    parser.add_argument('--multilabel', action='store_true',
+                        help='crops may have several labels (comma-separated in '
+                             'classification_ds.csv): one sigmoid per label, binary '
+                             'cross-entropy; top-1 counts as right when it is one of them; '
+                             '--label-weighted samples by the first label')
     parser.add_argument('-m', '--model-name', default='efficientnet-b0',
                         choices=train_utils.VALID_MODELS, help='architecture')
     parser.add_argument('--pretrained', nargs='?', const=True, default=False,
@@ -270,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise utils.InputError(f'--resume {run_dir}: no params.json there')
         saved = utils.read_json(params_path)
         for key in ('model_name', 'image_size', 'seed', 'pretrained', 'label_weighted',
+                    'multilabel',
                     'weight_by_detection_conf', 'lr', 'weight_decay', 'batch_size', 'finetune'):
             setattr(args, key, saved[key])
         args.epochs = max(args.epochs, saved['epochs'])

@@ -135,11 +135,17 @@ def set_finetune(model: nn.Module, finetune: bool) -> None:
         p.requires_grad = True
 
 
-def export_torchscript(model: nn.Module, model_name: str, image_size: int, path: Path) -> Path:
+MULTILABEL_EXTRA_FILE = 'multilabel'
+
+
+def export_torchscript(model: nn.Module, model_name: str, image_size: int, path: Path,
+                       multilabel: bool = False) -> Path:
     """Writes a TorchScript file runnable by run_classifier (atomically).
 
     ResNets are scripted; EfficientNets are traced after switching to the
     plain swish, which TorchScript accepts and which gives identical outputs.
+    A multi-label model gets an extra file ``multilabel`` in the archive, so
+    run_classifier turns its outputs into per-class sigmoid probabilities.
     """
     model = model.eval().cpu()
     # TorchScript is deprecated upstream but is the file format users' tools load
@@ -152,9 +158,11 @@ def export_torchscript(model: nn.Module, model_name: str, image_size: int, path:
             model.set_swish(memory_efficient=True)  # type: ignore[operator]
         else:
             scripted = torch.jit.script(model)
+        extra = {MULTILABEL_EXTRA_FILE: b'true'} if multilabel else {}
         with utils.atomic_path(path) as tmp:
-            torch.jit.save(scripted, str(tmp))
+            torch.jit.save(scripted, str(tmp), _extra_files=extra)
     return path
+
 
 
 def compiled_path(ckpt_path: str | os.PathLike[str]) -> Path:
@@ -165,18 +173,27 @@ def compiled_path(ckpt_path: str | os.PathLike[str]) -> Path:
 
 def load_torchscript(path: str | os.PathLike[str], device: torch.device) -> torch.jit.ScriptModule:
     """Loads a TorchScript classifier; a plain checkpoint gets a clear error."""
+    return load_torchscript_info(path, device)[0]
+
+
+def load_torchscript_info(path: str | os.PathLike[str], device: torch.device
+                          ) -> tuple[torch.jit.ScriptModule, bool]:
+    """(model, whether export_torchscript marked it multi-label)."""
     if not Path(path).is_file():
         raise utils.InputError(f'{path}: model file not found')
+    extra = {MULTILABEL_EXTRA_FILE: ''}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', FutureWarning)
-            model = torch.jit.load(str(path), map_location=device)
+            model = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except FileNotFoundError as e:
         raise utils.InputError(f'{path}: file not found') from e
     except (RuntimeError, ValueError) as e:
         raise utils.InputError(f'{path}: not a TorchScript model (a normal checkpoint must be '
                                f'exported first with evaluate_model) ({e})') from e
-    return model.eval()
+    flag = extra[MULTILABEL_EXTRA_FILE]
+    text = flag.decode() if isinstance(flag, bytes) else str(flag)
+    return model.eval(), text.strip() == 'true'
 
 
 def optimize_for_cpu(model: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
@@ -319,40 +336,52 @@ def open_crop(path: Path, image_size: int) -> Image.Image:
         return to_rgb(img)
 
 
-class CropDataset(Dataset[tuple[torch.Tensor, int, float, int]]):
-    """(image tensor, label index, weight, row index) for each crop.
+class CropDataset(Dataset[tuple[torch.Tensor, Any, float, int]]):
+    """(image tensor, label, weight, row index) for each crop.
 
-    A crop that cannot be read gives a zero image and label -1; callers drop
-    such rows and report them.
+    The label is its index, or with ``num_classes`` (multi-label) a 0/1 float
+    vector built from a sequence of label indices. A crop that cannot be read
+    gives a placeholder image and label -1 (all -1 when multi-label); callers
+    drop such rows and report them.
     """
 
     def __init__(self, root: str | os.PathLike[str], paths: Sequence[str],
-                 labels: Sequence[int] | None, weights: Sequence[float] | None,
-                 transform: Callable[[Image.Image], torch.Tensor], image_size: int) -> None:
+                 labels: Sequence[Any] | None, weights: Sequence[float] | None,
+                 transform: Callable[[Image.Image], torch.Tensor], image_size: int,
+                 num_classes: int | None = None) -> None:
         self.root = Path(root)
         self.paths = list(paths)
-        self.labels = list(labels) if labels is not None else [0] * len(self.paths)
+        self.labels: list[Any] = list(labels) if labels is not None else [0] * len(self.paths)
         self.weights = list(weights) if weights is not None else [1.0] * len(self.paths)
         self.transform = transform
         self.image_size = image_size
+        self.num_classes = num_classes
+
+    def _label(self, i: int, readable: bool) -> Any:
+        if self.num_classes is None:
+            return self.labels[i] if readable else -1
+        target = torch.zeros(self.num_classes) if readable else -torch.ones(self.num_classes)
+        if readable:
+            target[list(self.labels[i])] = 1.0
+        return target
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, float, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any, float, int]:
         try:
             img = open_crop(self.root / self.paths[i], self.image_size)
         except (OSError, UnidentifiedImageError, ValueError):
             # a placeholder of the transform's shape and type; callers drop label -1
             blank = Image.new('RGB', (self.image_size, self.image_size))
-            return self.transform(blank), -1, 0.0, i
-        return self.transform(img), self.labels[i], self.weights[i], i
+            return self.transform(blank), self._label(i, False), 0.0, i
+        return self.transform(img), self._label(i, True), self.weights[i], i
 
 
 def make_loader(ds: CropDataset, batch_size: int, num_workers: int, device: torch.device,
                 shuffle: bool = False, sampler: torch.utils.data.Sampler[int] | None = None,
                 generator: torch.Generator | None = None,
-                ) -> DataLoader[tuple[torch.Tensor, int, float, int]]:
+                ) -> DataLoader[tuple[torch.Tensor, Any, float, int]]:
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None,
                       sampler=sampler, num_workers=num_workers, generator=generator,
                       pin_memory=device.type == 'cuda',
@@ -393,7 +422,8 @@ def run_epoch(model: nn.Module, loader: DataLoader[Any], device: torch.device,
     seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     with torch.set_grad_enabled(training):
         for x, y, w, idx in tqdm(loader, desc=desc, leave=False, disable=None):
-            ok = y >= 0
+            multilabel = y.ndim == 2            # 0/1 targets per class
+            ok = (y >= 0).all(dim=1) if multilabel else y >= 0
             if not bool(ok.all()):
                 unreadable.extend(int(i) for i in idx[~ok])
                 x, y, w, idx = x[ok], y[ok], w[ok], idx[ok]
@@ -403,7 +433,11 @@ def run_epoch(model: nn.Module, loader: DataLoader[Any], device: torch.device,
             y = y.to(device, non_blocking=True)
             w = w.to(device, dtype=torch.float32, non_blocking=True)
             logits = model(x)
-            losses = nn.functional.cross_entropy(logits, y, reduction='none')
+            if multilabel:   # one sigmoid per class; summed so the scale matches softmax CE
+                losses = nn.functional.binary_cross_entropy_with_logits(
+                    logits, y, reduction='none').sum(dim=1)
+            else:
+                losses = nn.functional.cross_entropy(logits, y, reduction='none')
             if training:
                 assert optimizer is not None
                 optimizer.zero_grad(set_to_none=True)
@@ -412,10 +446,19 @@ def run_epoch(model: nn.Module, loader: DataLoader[Any], device: torch.device,
             with torch.no_grad():
                 k = min(3, logits.shape[1])
                 top = logits.topk(k, dim=1).indices
-                hit1 = (top[:, 0] == y).float()
-                hit3 = (top == y[:, None]).any(dim=1).float()
-                conf = logits.float().softmax(dim=1).gather(1, top[:, :1])[:, 0]
-                seen.append((idx, y.cpu(), top[:, 0].cpu(), conf.cpu()))
+                if multilabel:   # right when the top class is one of the true ones
+                    hit1 = y.gather(1, top[:, :1])[:, 0]
+                    hit3 = y.gather(1, top).amax(dim=1)
+                    conf = logits.float().sigmoid().gather(1, top[:, :1])[:, 0]
+                    # the true label shown for an example: the predicted one if right,
+                    # else its first true label
+                    true = torch.where(hit1 > 0, top[:, 0], y.argmax(dim=1))
+                else:
+                    hit1 = (top[:, 0] == y).float()
+                    hit3 = (top == y[:, None]).any(dim=1).float()
+                    conf = logits.float().softmax(dim=1).gather(1, top[:, :1])[:, 0]
+                    true = y
+                seen.append((idx, true.cpu(), top[:, 0].cpu(), conf.cpu()))
                 batch = torch.stack([losses, hit1, hit3, losses * w, hit1 * w, hit3 * w])
                 sums[:3] += batch[:3].sum(dim=1).cpu().numpy()
                 sums[3:] += batch[3:].sum(dim=1).cpu().numpy()
@@ -451,9 +494,17 @@ def label_stats(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str],
                 split: str) -> tuple[np.ndarray, pd.DataFrame]:
     """(confusion matrix with rows = truth, per-label precision and recall) via scikit-learn;
     a label never predicted (or never present) gets NaN precision (or recall)."""
-    from sklearn.metrics import confusion_matrix, precision_score, recall_score
+    from sklearn.metrics import (
+        confusion_matrix,
+        multilabel_confusion_matrix,
+        precision_score,
+        recall_score,
+    )
     idx = list(range(len(labels)))
-    cm = confusion_matrix(y_true, y_pred, labels=idx)
+    if y_true.ndim == 2:     # multi-label indicator matrices
+        cm = multilabel_confusion_matrix(y_true, y_pred)
+    else:
+        cm = confusion_matrix(y_true, y_pred, labels=idx)
     precision = precision_score(y_true, y_pred, labels=idx, average=None, zero_division=np.nan)
     recall = recall_score(y_true, y_pred, labels=idx, average=None, zero_division=np.nan)
     return cm, pd.DataFrame({'split': split, 'label': list(labels), 'precision': precision,
@@ -461,9 +512,14 @@ def label_stats(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str],
 
 
 def write_evaluation(out_dir: Path, split_frames: dict[str, pd.DataFrame],
-                     results: dict[str, EpochResult], labels: Sequence[str]) -> pd.DataFrame:
+                     results: dict[str, EpochResult], labels: Sequence[str],
+                     multilabel: bool = False) -> pd.DataFrame:
     """Writes outputs_<split>.csv.gz, overall_metrics.csv, confusion_matrices.npz and
-    label_stats.csv; returns the overall metrics table."""
+    label_stats.csv; returns the overall metrics table.
+
+    Multi-label: a class counts as predicted when its probability is at least
+    0.5; confusion_matrices.npz holds one 2 x 2 matrix per label (sklearn's
+    multilabel_confusion_matrix) and precision/recall are per label."""
     overall, stats, cms = [], [], {}
     label_to_idx = {name: i for i, name in enumerate(labels)}
     for split, df in split_frames.items():
@@ -477,8 +533,14 @@ def write_evaluation(out_dir: Path, split_frames: dict[str, pd.DataFrame],
                             'weight': sub['weight']})
         out = pd.concat([out, pd.DataFrame(probs, columns=list(labels))], axis=1)
         utils.write_csv(out, out_dir / f'outputs_{split}.csv.gz')
-        y_true = np.array([label_to_idx[lab] for lab in sub['label']], dtype=np.int64)
-        cms[split], stats_split = label_stats(y_true, probs.argmax(axis=1), labels, split)
+        if multilabel:
+            y_hot = multi_hot([[label_to_idx[lab] for lab in str(v).split(',')]
+                               for v in sub['label']], len(labels)).astype(np.int64)
+            cms[split], stats_split = label_stats(y_hot, (probs >= 0.5).astype(np.int64),
+                                                  labels, split)
+        else:
+            y_true = np.array([label_to_idx[lab] for lab in sub['label']], dtype=np.int64)
+            cms[split], stats_split = label_stats(y_true, probs.argmax(axis=1), labels, split)
         stats.append(stats_split)
         overall.append({'split': split, **res.metrics()})
     table = pd.DataFrame(overall)
@@ -498,18 +560,32 @@ def log_metrics(table: pd.DataFrame) -> None:
 
 
 def load_split_frames(dataset_dir: str | os.PathLike[str], labels: Sequence[str],
-                      splits: Sequence[str]) -> dict[str, pd.DataFrame]:
-    """Rows of classification_ds.csv per split (by location), with label_idx and weight."""
+                      splits: Sequence[str], multilabel: bool = False
+                      ) -> dict[str, pd.DataFrame]:
+    """Rows of classification_ds.csv per split (by location), with label_idx and weight.
+
+    ``multilabel``: labels are comma-separated lists; ``label_set`` holds their
+    indices and ``label_idx`` the first (for sampling by label).
+    """
     base = Path(dataset_dir)
     df = utils.read_csv(base / 'classification_ds.csv', dtype={'location': str, 'dataset': str,
                                                                'label': str, 'path': str})
     split_locs = utils.read_json(base / 'splits.json')
     label_to_idx = {name: i for i, name in enumerate(labels)}
-    unknown = sorted(set(df['label']) - set(label_to_idx))
-    if unknown:
-        raise utils.InputError(f'{base}/classification_ds.csv: labels {unknown} are not in the '
-                               'label index (multi-label rows need --multilabel)')
-    df['label_idx'] = df['label'].map(label_to_idx).astype(int)
+    if multilabel:
+        parts = df['label'].str.split(',')
+        unknown = sorted({lab for p in parts for lab in p} - set(label_to_idx))
+        if unknown:
+            raise utils.InputError(f'{base}/classification_ds.csv: labels {unknown} are not in '
+                                   'the label index')
+        df['label_set'] = [tuple(label_to_idx[lab] for lab in p) for p in parts]
+        df['label_idx'] = [s[0] for s in df['label_set']]
+    else:
+        unknown = sorted(set(df['label']) - set(label_to_idx))
+        if unknown:
+            raise utils.InputError(f'{base}/classification_ds.csv: labels {unknown} are not in '
+                                   'the label index (multi-label rows need --multilabel)')
+        df['label_idx'] = df['label'].map(label_to_idx).astype(int)
     if 'weight' not in df.columns:
         df['weight'] = 1.0
     keys = pd.Series(list(zip(df['dataset'], df['location'], strict=True)), index=df.index)
@@ -548,9 +624,11 @@ def is_torchscript_file(path: str | os.PathLike[str]) -> bool:
 @torch.no_grad()
 def predict_probs(model: nn.Module | torch.jit.ScriptModule,
                   loader: DataLoader[Any], device: torch.device, num_outputs: int,
-                  bf16: bool = False, desc: str = 'classifying') -> tuple[np.ndarray, list[int]]:
-    """Softmax outputs for every row of the loader's dataset (rows that could
-    not be read are left at zero and returned as the second value).
+                  bf16: bool = False, desc: str = 'classifying', multilabel: bool = False
+                  ) -> tuple[np.ndarray, list[int]]:
+    """Softmax outputs (sigmoid per class with ``multilabel``) for every row of the
+    loader's dataset (rows that could not be read are left at zero and returned as
+    the second value).
 
     ``bf16`` runs the model under bfloat16 autocast (CPU with AMX/AVX-512 bf16,
     or CUDA); probabilities then differ from float32 in about the third digit.
@@ -563,7 +641,7 @@ def predict_probs(model: nn.Module | torch.jit.ScriptModule,
     batches: Iterable[Any] = loader if loader.num_workers > 0 else prefetch(loader)
     for x, y, _, idx in tqdm(batches, total=len(loader), desc=desc, leave=False,
                              disable=None):
-        ok = y >= 0
+        ok = (y >= 0).all(dim=1) if y.ndim == 2 else y >= 0
         if not bool(ok.all()):
             unreadable.extend(int(i) for i in idx[~ok])
             x, idx = x[ok], idx[ok]
@@ -575,24 +653,43 @@ def predict_probs(model: nn.Module | torch.jit.ScriptModule,
         if logits.shape[1] != num_outputs:
             raise utils.InputError(f'the model has {logits.shape[1]} outputs but '
                                    f'{num_outputs} categories were given')
-        probs[idx.numpy()] = logits.float().softmax(dim=1).cpu().numpy()
+        out = logits.float().sigmoid() if multilabel else logits.float().softmax(dim=1)
+        probs[idx.numpy()] = out.cpu().numpy()
     return probs, sorted(unreadable)
+
+
+def multi_hot(label_sets: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
+    """N x C 0/1 matrix of each row's label indices."""
+    out = np.zeros((len(label_sets), num_classes), dtype=np.float64)
+    for i, labels in enumerate(label_sets):
+        out[i, list(labels)] = 1.0
+    return out
 
 
 def metrics_from_probs(probs: np.ndarray, y: np.ndarray, w: np.ndarray,
                        unreadable: Sequence[int] = ()) -> EpochResult:
-    """Loss (cross-entropy of the probabilities) and top-1/top-3 accuracy, plain
-    and weighted, over the readable rows."""
+    """Loss and top-1/top-3 accuracy, plain and weighted, over the readable rows.
+
+    ``y``: label indices (loss: cross-entropy of the probabilities), or an N x C
+    0/1 matrix for multi-label rows (loss: binary cross-entropy summed over
+    classes; a hit is a top class that is one of the true ones).
+    """
     keep = np.ones(len(y), dtype=bool)
     keep[list(unreadable)] = False
     p, yy, ww = probs[keep], y[keep], w[keep].astype(np.float64)
     if len(yy) == 0:
         return EpochResult(float('nan'), float('nan'), float('nan'), float('nan'),
                            float('nan'), float('nan'), probs, tuple(unreadable))
-    loss = -np.log(np.clip(p[np.arange(len(yy)), yy], 1e-12, None))
     order = np.argsort(-p, axis=1, kind='stable')
-    hit1 = order[:, 0] == yy
-    hit3 = (order[:, :3] == yy[:, None]).any(axis=1)
+    if yy.ndim == 2:
+        pc = np.clip(p, 1e-12, 1 - 1e-12)
+        loss = -(yy * np.log(pc) + (1 - yy) * np.log(1 - pc)).sum(axis=1)
+        hit1 = np.take_along_axis(yy, order[:, :1], axis=1)[:, 0] > 0
+        hit3 = np.take_along_axis(yy, order[:, :3], axis=1).max(axis=1) > 0
+    else:
+        loss = -np.log(np.clip(p[np.arange(len(yy)), yy], 1e-12, None))
+        hit1 = order[:, 0] == yy
+        hit3 = (order[:, :3] == yy[:, None]).any(axis=1)
     tw = max(ww.sum(), 1e-12)
     return EpochResult(float(loss.mean()), float(hit1.mean()), float(hit3.mean()),
                        float((loss * ww).sum() / tw), float((hit1 * ww).sum() / tw),
@@ -602,9 +699,12 @@ def metrics_from_probs(probs: np.ndarray, y: np.ndarray, w: np.ndarray,
 def evaluate_frames(model: nn.Module | torch.jit.ScriptModule, frames: dict[str, pd.DataFrame],
                     crops_dir: str, image_size: int, batch_size: int, num_workers: int,
                     device: torch.device, num_outputs: int,
-                    aggregate: np.ndarray | None = None) -> dict[str, EpochResult]:
+                    aggregate: np.ndarray | None = None,
+                    multilabel: bool = False) -> dict[str, EpochResult]:
     """Runs the model on every split; ``aggregate`` (outputs x labels, 0/1) sums
-    model outputs into the dataset's labels (for a classifier with other labels)."""
+    model outputs into the dataset's labels (for a classifier with other labels;
+    multi-label: the largest of them). ``multilabel``: sigmoid outputs, scored
+    against each row's ``label_set`` (from load_split_frames)."""
     results = {}
     for split, df in frames.items():
         if df.empty:
@@ -613,11 +713,14 @@ def evaluate_frames(model: nn.Module | torch.jit.ScriptModule, frames: dict[str,
                                          df['label_idx'].tolist(), df['weight'].tolist(),
                                          eval_pixels(image_size), image_size),
                              batch_size, num_workers, device)
-        probs, bad = predict_probs(model, loader, device, num_outputs, desc=f'eval {split}')
+        probs, bad = predict_probs(model, loader, device, num_outputs, desc=f'eval {split}',
+                                   multilabel=multilabel)
         if aggregate is not None:
-            probs = probs @ aggregate
+            probs = ((probs[:, :, None] * aggregate[None]).max(axis=1) if multilabel
+                     else probs @ aggregate)
         if bad:
             logger.warning('%s: %d crops could not be read and were left out', split, len(bad))
-        results[split] = metrics_from_probs(probs, df['label_idx'].to_numpy(),
-                                            df['weight'].to_numpy(), bad)
+        y = (multi_hot(df['label_set'].tolist(), probs.shape[1]) if multilabel
+             else df['label_idx'].to_numpy())
+        results[split] = metrics_from_probs(probs, y, df['weight'].to_numpy(), bad)
     return results

@@ -266,3 +266,93 @@ def test_log_extreme_examples_writes_images_and_tables(base_logdir, tmp_path):
         assert event.step == 0 and event.height == 32 and event.width in (32, 64)  # 1-2 crops
     texts = acc.Tags()['tensors']
     assert set(t.replace('/text_summary', '') for t in texts) >= set(image_tags)
+
+
+def test_multilabel_metrics_from_probs():
+    probs = np.array([[0.9, 0.8, 0.1], [0.2, 0.7, 0.6], [0.1, 0.2, 0.3]])
+    y = train_utils.multi_hot([(0, 1), (2,), (0,)], 3)
+    res = train_utils.metrics_from_probs(probs, y, np.ones(3))
+    assert res.acc_top1 == pytest.approx(1 / 3)         # only row 0: top class 0 is true
+    assert res.acc_top3 == pytest.approx(1.0)
+    pc = np.clip(probs, 1e-12, 1 - 1e-12)
+    bce = -(y * np.log(pc) + (1 - y) * np.log(1 - pc)).sum(axis=1).mean()
+    assert res.loss == pytest.approx(bce)
+
+
+@pytest.fixture(scope='module')
+def multilabel_run(base_logdir, tmp_path_factory):
+    """The demo dataset with a third of the crops given a second label, trained with
+    --multilabel for 2 epochs at 32 px."""
+    import shutil
+    data = tmp_path_factory.mktemp('multilabel_ds')
+    for name in ('label_index.json', 'splits.json'):
+        shutil.copy(base_logdir / name, data / name)
+    labels = utils.load_label_index(base_logdir / 'label_index.json')
+    df = pd.read_csv(base_logdir / 'classification_ds.csv', dtype=str)
+    second = [labels[(labels.index(lab) + 1) % len(labels)] for lab in df['label']]
+    df['label'] = [f'{lab},{extra}' if i % 3 == 0 else lab
+                   for i, (lab, extra) in enumerate(zip(df['label'], second, strict=True))]
+    df.to_csv(data / 'classification_ds.csv', index=False)
+    crops = base_logdir.parent / 'crops'
+    logdir = tmp_path_factory.mktemp('multilabel_runs')
+    args = [str(data), str(crops), '-m', 'resnet18', '--image-size', '32', '--epochs', '2',
+            '--batch-size', '16', '--logdir', str(logdir), '--num-workers', '0', '--seed', '3']
+    # without --multilabel the comma-separated labels are a clear error
+    assert utils.run_cli(lambda: train_classifier.main(args)) == 2
+    for extra in logdir.iterdir():
+        shutil.rmtree(extra)
+    assert train_classifier.main([*args, '--multilabel', '--log-extreme-examples', '1']) == 0
+    (run,) = list(logdir.iterdir())
+    return run, data, labels
+
+
+def test_multilabel_training_outputs(multilabel_run):
+    run, data, labels = multilabel_run
+    assert read_json(run / 'params.json')['multilabel'] is True
+    out = pd.read_csv(run / 'outputs_val.csv.gz')
+    probs = out[labels].to_numpy()
+    assert ((probs >= 0) & (probs <= 1)).all()
+    assert np.abs(probs.sum(axis=1) - 1).max() > 0.05        # sigmoids, not a softmax
+    assert out['label'].str.contains(',').any()
+    cms = np.load(run / 'confusion_matrices.npz')
+    assert cms['val'].shape == (len(labels), 2, 2) and (cms['val'].sum(axis=(1, 2)) ==
+                                                        len(out)).all()
+    metrics = pd.read_csv(run / 'overall_metrics.csv').set_index('split')
+    true_sets = [set(v.split(',')) for v in out['label']]
+    top = [labels[i] for i in probs.argmax(axis=1)]
+    hit = np.mean([t in s for t, s in zip(top, true_sets, strict=True)])
+    assert metrics.loc['val', 'acc_top1'] == pytest.approx(hit)
+
+
+def test_multilabel_torchscript_run_classifier_and_evaluate(multilabel_run, trained_run,
+                                                            base_logdir, tmp_path):
+    import shutil
+
+    from classification import run_classifier
+    run, data, labels = multilabel_run
+    (compiled,) = run.glob('ckpt_*_compiled.pt')
+    assert train_utils.load_torchscript_info(compiled, torch.device('cpu'))[1] is True
+    (single,) = trained_run.glob('ckpt_*_compiled.pt')
+    assert train_utils.load_torchscript_info(single, torch.device('cpu'))[1] is False
+    # run_classifier gives the same sigmoid probabilities as the run's evaluation
+    out = pd.read_csv(run / 'outputs_val.csv.gz')
+    crops = base_logdir.parent / 'crops'
+    sub = tmp_path / 'crops'
+    for p in out['path'][:20]:
+        (sub / p).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(crops / p, sub / p)
+    (tmp_path / 'li.json').write_text(json.dumps(utils.label_index_dict(labels)))
+    assert run_classifier.main([str(compiled), str(sub), str(tmp_path / 'o.csv'),
+                                '--image-size', '32', '--batch-size', '8', '--num-workers',
+                                '0', '-c', str(tmp_path / 'li.json')]) == 0
+    got = pd.read_csv(tmp_path / 'o.csv').set_index('path')
+    want = out.set_index('path').loc[got.index, labels]
+    np.testing.assert_allclose(got[labels].to_numpy(), want.to_numpy(), atol=2e-4)
+    # evaluate_model on the checkpoint reads multilabel from params.json
+    ckpt = compiled.with_name(compiled.name.replace('_compiled', ''))
+    assert evaluate_model.main([str(run / 'params.json'), str(ckpt), '-o',
+                                str(tmp_path / 'ev'), '--splits', 'val']) == 0
+    a = pd.read_csv(tmp_path / 'ev' / 'overall_metrics.csv')
+    b = pd.read_csv(run / 'overall_metrics.csv').set_index('split').loc[['val']]
+    np.testing.assert_allclose(a['acc_top1'], b['acc_top1'])
+    np.testing.assert_allclose(a['loss'], b['loss'], rtol=1e-4)
