@@ -1,0 +1,272 @@
+r"""Run MegaDetector (a YOLOv5-format TorchScript export) on photos; write batch-format JSON.
+
+MegaDetector v5 is a YOLOv5 model. Its released ``.pt`` files are Python
+pickles of YOLOv5 classes, which this project does not unpickle (checkpoints
+are only loaded with ``weights_only=True``); export it once to TorchScript with
+YOLOv5's exporter, at the size it runs at:
+
+    python export.py --weights md_v5a.0.0.pt --include torchscript --imgsz 1280
+
+and give the resulting ``md_v5a.0.0.torchscript`` here. Each photo (EXIF
+orientation applied, as MegaDetector does) is letterboxed to --image-size
+(scaled to fit, padded with grey 114), the model's raw predictions are turned
+into boxes as YOLOv5 does (confidence = objectness x class score, boxes at least
+--threshold, class-wise NMS at IoU 0.45, at most 300 per photo) and mapped back
+to the photo as normalized ``[x_min, y_min, width, height]`` with 4 decimals
+and confidences with 3; categories 1 animal, 2 person, 3 vehicle.
+
+Input: a folder (its images, recursively), or a .json list / .txt file of image
+paths. Photos that cannot be read get ``"failure": "Failure image access"`` and
+``"detections": null``;
+the run goes on. With --checkpoint-frequency N, results so far are written to
+--checkpoint-path every N photos, and --resume-from-checkpoint skips the photos
+already there.
+
+Example:
+    python -m detection.run_detector_batch md_v5a.0.0.torchscript photos \
+        detections.json --output-relative-filenames --threshold 0.005 \
+        --checkpoint-frequency 1000 --checkpoint-path detections.checkpoint.json
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+
+from classification import utils
+from classification.cropping import open_photo
+from detection.detector_output import DEFAULT_DETECTION_CATEGORIES, FORMAT_VERSION
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.tif', '.tiff', '.webp')
+FAILURE_IMAGE_ACCESS = 'Failure image access'
+FAILURE_INFERENCE = 'Failure inference'
+DEFAULT_THRESHOLD = 0.005       # MegaDetector's default for what goes into the file
+IOU_THRESHOLD = 0.45
+MAX_DETECTIONS = 300
+PAD_VALUE = 114 / 255
+COORD_DIGITS, CONF_DIGITS = 4, 3
+
+
+def letterbox(image: torch.Tensor, size: int) -> tuple[torch.Tensor, float, tuple[float, float]]:
+    """A uint8 CHW image scaled to fit ``size`` x ``size`` (bilinear, half-pixel
+    centres, as OpenCV's INTER_LINEAR) and padded with grey as YOLOv5 does.
+
+    Returns (float 1 x 3 x size x size in [0, 1], scale, (x offset, y offset)), the
+    offsets as YOLOv5's scale_coords computes them to map boxes back.
+    """
+    _, h, w = image.shape
+    gain = min(size / h, size / w)
+    new_w, new_h = int(round(w * gain)), int(round(h * gain))
+    x = image.unsqueeze(0).float()
+    if (new_w, new_h) != (w, h):
+        x = torch.nn.functional.interpolate(x, size=(new_h, new_w), mode='bilinear',
+                                            align_corners=False, antialias=False)
+        x = x.round().clamp(0, 255)              # the resized image is 8-bit in YOLOv5
+    dw, dh = (size - new_w) / 2, (size - new_h) / 2
+    left, top = int(round(dw - 0.1)), int(round(dh - 0.1))
+    right, bottom = size - new_w - left, size - new_h - top
+    x = torch.nn.functional.pad(x / 255, (left, right, top, bottom), value=PAD_VALUE)
+    return x, gain, ((size - w * gain) / 2, (size - h * gain) / 2)
+
+
+def boxes_from_predictions(pred: torch.Tensor, conf_threshold: float,
+                           iou_threshold: float = IOU_THRESHOLD,
+                           max_det: int = MAX_DETECTIONS) -> torch.Tensor:
+    """YOLOv5 raw output of one image (N x (5 + classes): centre x, centre y, w, h,
+    objectness, class scores) -> K x 6 (x1, y1, x2, y2, confidence, class)."""
+    pred = pred[pred[:, 4] > conf_threshold]
+    if not len(pred):
+        return pred.new_zeros((0, 6))
+    scores = pred[:, 5:] * pred[:, 4:5]
+    conf, cls = scores.max(dim=1)
+    keep = conf > conf_threshold
+    pred, conf, cls = pred[keep], conf[keep], cls[keep]
+    xy, wh = pred[:, :2], pred[:, 2:4] / 2
+    boxes = torch.cat([xy - wh, xy + wh], dim=1)
+    order = torchvision.ops.batched_nms(boxes, conf, cls, iou_threshold)[:max_det]
+    return torch.cat([boxes[order], conf[order, None], cls[order, None].float()], dim=1)
+
+
+def to_md_detections(det: torch.Tensor, gain: float, pad: tuple[float, float],
+                     width: int, height: int) -> list[dict[str, Any]]:
+    """K x 6 boxes in letterboxed pixels -> MegaDetector detections of the photo."""
+    out = []
+    for x1, y1, x2, y2, conf, cls in det.tolist():
+        x1 = min(max((x1 - pad[0]) / gain, 0.0), width)
+        x2 = min(max((x2 - pad[0]) / gain, 0.0), width)
+        y1 = min(max((y1 - pad[1]) / gain, 0.0), height)
+        y2 = min(max((y2 - pad[1]) / gain, 0.0), height)
+        # as MegaDetector: centre and size rounded, then the top-left corner
+        cx, cy = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height
+        bw, bh = (x2 - x1) / width, (y2 - y1) / height
+        box = [round(v, COORD_DIGITS) for v in (cx - bw / 2, cy - bh / 2, bw, bh)]
+        out.append({'category': str(int(cls) + 1), 'conf': round(conf, CONF_DIGITS),
+                    'bbox': box})
+    return out
+
+
+def load_detector(path: str, device: torch.device) -> torch.jit.ScriptModule:
+    """A TorchScript detector; a pickled YOLOv5 .pt gets an explanation."""
+    if not Path(path).is_file():
+        raise utils.InputError(f'{path}: detector file not found')
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', FutureWarning)
+            model = torch.jit.load(path, map_location=device)
+    except (RuntimeError, ValueError) as e:
+        raise utils.InputError(
+            f'{path}: not a TorchScript file. MegaDetector .pt files are pickled YOLOv5 '
+            'models; export one with YOLOv5: python export.py --weights md_v5a.0.0.pt '
+            '--include torchscript --imgsz 1280') from e
+    return model.eval()
+
+
+def list_images(source: str, recursive: bool = True) -> tuple[list[str], Path | None]:
+    """(image paths, folder they are relative to or None)."""
+    p = Path(source)
+    if p.is_dir():
+        pattern = '**/*' if recursive else '*'
+        files = sorted(f.relative_to(p).as_posix() for f in p.glob(pattern)
+                       if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        return files, p
+    if source.endswith('.json'):
+        doc = utils.read_json(source)
+        if not isinstance(doc, list) or not all(isinstance(x, str) for x in doc):
+            raise utils.InputError(f'{source}: expected a JSON list of image paths')
+        return list(doc), None
+    with utils.open_input_text(source) as f:
+        return [line.strip() for line in f if line.strip()], None
+
+
+def detect_images(model: torch.jit.ScriptModule, files: Sequence[str], root: Path | None,
+                  image_size: int, threshold: float, device: torch.device,
+                  threads: int = 2) -> Iterator[dict[str, Any]]:
+    """One MegaDetector image entry per file, in order; photos are decoded on
+    ``threads`` threads ahead of the model."""
+    def load(name: str) -> torch.Tensor | None:
+        try:
+            img = open_photo(root / name if root else name).upright()
+        except (OSError, ValueError) as e:
+            logger.debug('%s: %s', name, e)
+            return None
+        import numpy as np
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    with ThreadPoolExecutor(max(1, threads)) as pool, torch.inference_mode():
+        for name, image in zip(files, pool.map(load, files), strict=True):
+            if image is None:
+                yield {'file': name, 'failure': FAILURE_IMAGE_ACCESS, 'detections': None}
+                continue
+            try:
+                x, gain, pad = letterbox(image.to(device), image_size)
+                pred = model(x)
+                pred = pred[0] if isinstance(pred, (tuple, list)) else pred
+                det = boxes_from_predictions(pred[0].float(), threshold)
+            except RuntimeError as e:
+                logger.warning('%s: inference failed (%s)', name, str(e)[:200])
+                yield {'file': name, 'failure': FAILURE_INFERENCE, 'detections': None}
+                continue
+            yield {'file': name, 'detections': to_md_detections(
+                det.cpu(), gain, pad, image.shape[2], image.shape[1])}
+
+
+def output_document(images: list[dict[str, Any]], detector: str,
+                    threshold: float, image_size: int) -> dict[str, Any]:
+    return {'info': {'detector': os.path.basename(detector),
+                     'detection_completion_time': time.strftime('%Y-%m-%d %H:%M:%S'),
+                     'format_version': FORMAT_VERSION,
+                     'detector_metadata': {'image_size': image_size,
+                                           'output_threshold': threshold}},
+            'detection_categories': dict(DEFAULT_DETECTION_CATEGORIES),
+            'images': images}
+
+
+def run(detector: str, files: Sequence[str], root: Path | None, image_size: int,
+        threshold: float, device: torch.device, threads: int = 2,
+        checkpoint_path: str | None = None, checkpoint_frequency: int = 0,
+        done: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Detections for every file (those in ``done`` are reused) as a batch document."""
+    model = load_detector(detector, device)
+    done = dict(done or {})
+    todo = [f for f in files if f not in done]
+    if done:
+        logger.info('resuming: %d of %d images already done', len(files) - len(todo),
+                    len(files))
+    from tqdm import tqdm
+    new: dict[str, dict[str, Any]] = {}
+    for k, entry in enumerate(tqdm(detect_images(model, todo, root, image_size, threshold,
+                                                 device, threads),
+                                   total=len(todo), unit='img', disable=None), 1):
+        new[entry['file']] = entry
+        if checkpoint_path and checkpoint_frequency and k % checkpoint_frequency == 0:
+            utils.write_json({'images': [*done.values(), *new.values()]}, checkpoint_path)
+    results = {**done, **new}
+    return output_document([results[f] for f in files], detector, threshold, image_size)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = utils.make_parser(__doc__)
+    parser.add_argument('detector_file', help='MegaDetector exported to TorchScript')
+    parser.add_argument('image_file', help='folder of images, or .json/.txt list of paths')
+    parser.add_argument('output_file', help="batch-format JSON to write, or '-'")
+    parser.add_argument('--threshold', type=utils.probability, default=DEFAULT_THRESHOLD,
+                        help=f'lowest confidence written (default: {DEFAULT_THRESHOLD})')
+    parser.add_argument('--image-size', type=utils.positive_int, default=1280,
+                        help='the size the model was exported at (default: 1280)')
+    parser.add_argument('--no-recursive', action='store_true',
+                        help='only the images directly in the folder')
+    parser.add_argument('--output-relative-filenames', action='store_true',
+                        help='write paths relative to the image folder (default: as listed '
+                             'or joined to the folder)')
+    parser.add_argument('--threads', type=utils.positive_int, default=2,
+                        help='threads decoding photos ahead of the model (default: 2)')
+    parser.add_argument('--device', help='torch device (default: cuda if available)')
+    parser.add_argument('--checkpoint-frequency', type=utils.nonneg_int, default=0,
+                        help='write results so far every N images (default: 0, never)')
+    parser.add_argument('--checkpoint-path', help='where to write checkpoints')
+    parser.add_argument('--resume-from-checkpoint', metavar='CHECKPOINT',
+                        help='skip the images already in this checkpoint')
+    args = parser.parse_args(argv)
+    if args.checkpoint_frequency and not args.checkpoint_path:
+        parser.error('--checkpoint-frequency needs --checkpoint-path')
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from classification.train_utils import pick_device
+    args = parse_args(argv)
+    utils.setup_logging()
+    files, root = list_images(args.image_file, not args.no_recursive)
+    if not files:
+        raise utils.InputError(f'{args.image_file}: no images found')
+    done: dict[str, dict[str, Any]] = {}
+    if args.resume_from_checkpoint:
+        ckpt = utils.require_mapping(utils.read_json(args.resume_from_checkpoint),
+                                     args.resume_from_checkpoint)
+        done = {e['file']: e for e in ckpt.get('images', []) if 'file' in e}
+    doc = run(args.detector_file, files, root, args.image_size, args.threshold,
+              pick_device(args.device), args.threads, args.checkpoint_path,
+              args.checkpoint_frequency, done)
+    if root is not None and not args.output_relative_filenames:
+        for entry in doc['images']:
+            entry['file'] = (root / entry['file']).as_posix()
+    utils.write_json(doc, args.output_file, indent=1)
+    n_fail = sum('failure' in e for e in doc['images'])
+    logger.info('%d images, %d failed; wrote %s', len(doc['images']), n_fail,
+                args.output_file)
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(utils.run_cli(main))

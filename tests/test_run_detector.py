@@ -1,0 +1,163 @@
+"""detection/run_detector_batch: YOLOv5-format TorchScript detectors built by the tests."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from classification import utils
+from detection import run_detector_batch as rdb
+from tests.conftest import read_json
+
+
+class RedThingDetector(torch.nn.Module):
+    """Raw YOLOv5 output (1 x N x 8: cx, cy, w, h, objectness, 3 class scores) for
+    the red pixels of the letterboxed input: one 'animal' box around them, a shifted
+    duplicate (for NMS to remove), a 'person' box, and a box below any threshold."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        rows = [torch.tensor([10.0, 10.0, 4.0, 4.0, 0.001, 0.5, 0.3, 0.2]),
+                torch.tensor([30.0, 30.0, 20.0, 20.0, 0.9, 0.1, 0.5, 0.4])]
+        mask = (x[0, 0] > 0.8) & (x[0, 1] < 0.3) & (x[0, 2] < 0.3)
+        found = torch.nonzero(mask)
+        if found.shape[0] > 0:
+            y1, x1 = float(found[:, 0].min()), float(found[:, 1].min())
+            y2, x2 = float(found[:, 0].max()) + 1.0, float(found[:, 1].max()) + 1.0
+            cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
+            rows.append(torch.tensor([cx, cy, w, h, 0.9, 0.95, 0.02, 0.03]))
+            rows.append(torch.tensor([cx + 1.0, cy, w, h, 0.8, 0.9, 0.05, 0.05]))
+        return (torch.stack(rows).unsqueeze(0),)
+
+
+@pytest.fixture(scope='module')
+def detector(tmp_path_factory):
+    path = tmp_path_factory.mktemp('md') / 'md_test.torchscript'
+    torch.jit.save(torch.jit.script(RedThingDetector()), str(path))
+    return path
+
+
+def _photo(path, w, h, box, exif_orientation=None):
+    """A noisy green photo with a red rectangle at pixel box (l, t, r, b), upright."""
+    rng = np.random.default_rng(0)
+    arr = np.zeros((h, w, 3), np.uint8)
+    arr[..., 1] = rng.integers(90, 160, (h, w))
+    arr[box[1]:box[3], box[0]:box[2]] = (230, 20, 20)
+    img = Image.fromarray(arr)
+    if exif_orientation is None:
+        img.save(path, quality=95)
+        return
+    exif = Image.Exif()
+    exif[0x0112] = exif_orientation
+    inverse = {6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270,
+               3: Image.Transpose.ROTATE_180}[exif_orientation]
+    img.transpose(inverse).save(path, quality=95, exif=exif.tobytes())
+
+
+def _expected(w, h, box):
+    return [box[0] / w, box[1] / h, (box[2] - box[0]) / w, (box[3] - box[1]) / h]
+
+
+@pytest.mark.parametrize('w, h, box, orientation', [
+    (640, 480, (100, 150, 200, 230), None),        # landscape: padded top and bottom
+    (300, 500, (20, 300, 140, 420), None),         # portrait: padded left and right
+    (640, 480, (400, 40, 600, 200), 6),            # stored sideways, EXIF-rotated
+    (640, 480, (10, 300, 90, 470), 8),
+    (256, 256, (0, 0, 64, 64), 3),
+])
+def test_boxes_map_back_to_the_photo(tmp_path, detector, w, h, box, orientation):
+    (tmp_path / 'img').mkdir()
+    _photo(tmp_path / 'img' / 'a.jpg', w, h, box, orientation)
+    assert rdb.main([str(detector), str(tmp_path / 'img'), str(tmp_path / 'out.json'),
+                     '--image-size', '320', '--output-relative-filenames']) == 0
+    doc = read_json(tmp_path / 'out.json')
+    (entry,) = doc['images']
+    assert entry['file'] == 'a.jpg'
+    animals = [d for d in entry['detections'] if d['category'] == '1']
+    assert len(animals) == 1                        # the shifted duplicate was suppressed
+    assert animals[0]['conf'] == pytest.approx(0.855)
+    np.testing.assert_allclose(animals[0]['bbox'], _expected(w, h, box), atol=0.012)
+    assert all(len(str(v).split('.')[-1]) <= 4 for v in animals[0]['bbox'])
+    person = [d for d in entry['detections'] if d['category'] == '2']
+    assert len(person) == 1 and person[0]['conf'] == pytest.approx(0.45)
+    assert all(d['conf'] >= 0.005 for d in entry['detections'])
+    assert doc['detection_categories'] == {'1': 'animal', '2': 'person', '3': 'vehicle'}
+    assert doc['info']['detector'] == 'md_test.torchscript'
+
+
+def test_threshold_failures_lists_and_validator(tmp_path, detector):
+    from tests.test_cli import assert_valid_megadetector_output
+    (tmp_path / 'img' / 'sub').mkdir(parents=True)
+    _photo(tmp_path / 'img' / 'sub' / 'a.jpg', 320, 240, (10, 10, 60, 60))
+    (tmp_path / 'img' / 'broken.jpg').write_bytes(b'not a jpeg')
+    (tmp_path / 'list.json').write_text(json.dumps(
+        [str(tmp_path / 'img' / 'sub' / 'a.jpg'), str(tmp_path / 'img' / 'broken.jpg')]))
+    assert rdb.main([str(detector), str(tmp_path / 'list.json'), str(tmp_path / 'o.json'),
+                     '--image-size', '160', '--threshold', '0.5']) == 0
+    doc = read_json(tmp_path / 'o.json')
+    a, broken = doc['images']
+    assert [d['category'] for d in a['detections']] == ['1']     # person (0.45) dropped
+    assert broken == {'file': str(tmp_path / 'img' / 'broken.jpg'),
+                      'failure': rdb.FAILURE_IMAGE_ACCESS, 'detections': None}
+    assert_valid_megadetector_output(tmp_path / 'o.json')
+    # a folder, with paths joined to it
+    assert rdb.main([str(detector), str(tmp_path / 'img'), str(tmp_path / 'f.json'),
+                     '--image-size', '160']) == 0
+    files = [e['file'] for e in read_json(tmp_path / 'f.json')['images']]
+    assert files == [(tmp_path / 'img' / 'broken.jpg').as_posix(),
+                     (tmp_path / 'img' / 'sub' / 'a.jpg').as_posix()]
+
+
+def test_checkpoints_and_resume(tmp_path, detector, monkeypatch):
+    (tmp_path / 'img').mkdir()
+    for i in range(5):
+        _photo(tmp_path / 'img' / f'{i}.jpg', 200, 150, (10 + i, 10, 80, 90))
+    ckpt = tmp_path / 'ckpt.json'
+    assert rdb.main([str(detector), str(tmp_path / 'img'), str(tmp_path / 'o.json'),
+                     '--image-size', '128', '--output-relative-filenames',
+                     '--checkpoint-frequency', '2', '--checkpoint-path', str(ckpt)]) == 0
+    assert len(read_json(ckpt)['images']) == 4
+    full = read_json(tmp_path / 'o.json')
+    # resuming reuses the checkpoint's entries and runs the detector on the rest only
+    saved = read_json(ckpt)
+    saved['images'][0]['detections'] = []             # proof that it was reused
+    ckpt.write_text(json.dumps(saved))
+    seen = []
+    real = rdb.detect_images
+    monkeypatch.setattr(rdb, 'detect_images',
+                        lambda model, files, *a, **k: seen.extend(files) or real(model, files,
+                                                                                 *a, **k))
+    assert rdb.main([str(detector), str(tmp_path / 'img'), str(tmp_path / 'r.json'),
+                     '--image-size', '128', '--output-relative-filenames',
+                     '--resume-from-checkpoint', str(ckpt)]) == 0
+    assert seen == ['4.jpg']
+    resumed = read_json(tmp_path / 'r.json')['images']
+    assert resumed[0]['detections'] == [] and resumed[1:] == full['images'][1:]
+
+
+def test_pickled_checkpoint_is_explained(tmp_path, capsys):
+    torch.save({'model': 'a YOLOv5 pickle'}, tmp_path / 'md_v5a.0.0.pt')
+    (tmp_path / 'img').mkdir()
+    _photo(tmp_path / 'img' / 'a.jpg', 64, 64, (1, 1, 9, 9))
+    rc = utils.run_cli(lambda: rdb.main([str(tmp_path / 'md_v5a.0.0.pt'),
+                                         str(tmp_path / 'img'), '-']))
+    err = capsys.readouterr().err
+    assert rc == 2 and 'export.py' in err and 'Traceback' not in err
+
+
+def test_letterbox_matches_opencv_resize():
+    """The resize is OpenCV's INTER_LINEAR (what YOLOv5 and MegaDetector use) up to
+    one grey level; the padding is YOLOv5's."""
+    cv2 = pytest.importorskip('cv2')
+    rng = np.random.default_rng(1)
+    arr = rng.integers(0, 255, (300, 500, 3), dtype=np.uint8)
+    x, gain, pad = rdb.letterbox(torch.from_numpy(arr).permute(2, 0, 1), 256)
+    assert x.shape == (1, 3, 256, 256) and gain == pytest.approx(256 / 500)
+    ref = cv2.resize(arr, (256, 154), interpolation=cv2.INTER_LINEAR)
+    ours = (x[0].permute(1, 2, 0).numpy() * 255).round().astype(int)
+    top = int(round((256 - 154) / 2 - 0.1))
+    assert np.abs(ours[top:top + 154] - ref).max() <= 1
+    assert (ours[:top] == 114).all() and (ours[top + 154:] == 114).all()
+    assert pad == pytest.approx((0.0, (256 - 300 * gain) / 2))
