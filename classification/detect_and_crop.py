@@ -8,11 +8,21 @@ from ``<images-dir>/<dataset>/<file>``; crops go to
 ``<cropped-images-dir>/<dataset>/<file>___cropNN[_mdv<version>].jpg``. Crops
 already present are kept, so a rerun resumes.
 
+With --run-detector, images that have neither ground truth nor cached
+detections are first run through MegaDetector locally (--detector-file, a
+TorchScript export; see detection/run_detector_batch.py) and the results are
+added to the cache (photos the detector cannot read are logged, not cached).
+--resume-file keeps the detector's progress, so an interrupted run goes on
+where it stopped.
+
 Example:
     python -m classification.detect_and_crop run1/queried_images.json run1 \
         --detector-output-cache-dir mdcache --detector-version 5a \
         --cropped-images-dir crops --images-dir images \
         --square-crops --threshold 0.8 --threads 4
+    python -m classification.detect_and_crop run1/queried_images.json run1 \
+        -c mdcache -v 5a --run-detector --detector-file md_v5a.0.0.torchscript \
+        --resume-file run1/detector_resume.json -p crops -i images -t 0.8
 
 Writes ``<output_dir>/detect_and_crop_log_<time>.json``: images that failed to
 read or crop (with the reason) and images that have no cached detections.
@@ -55,6 +65,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='detector output cache folder (mdcache)')
     parser.add_argument('-v', '--detector-version', required=True,
                         help='MegaDetector version of the cached results, e.g. 5a')
+    parser.add_argument('-d', '--run-detector', action='store_true',
+                        help='run MegaDetector on the images missing from the cache first')
+    parser.add_argument('--detector-file',
+                        help='with -d: MegaDetector exported to TorchScript')
+    parser.add_argument('--detector-image-size', type=utils.positive_int, default=1280,
+                        help='with -d: the size the detector was exported at (default: 1280)')
+    parser.add_argument('-r', '--resume-file',
+                        help="with -d: the detector's checkpoint file (written every 100 "
+                             'images, resumed from when present)')
+    parser.add_argument('--device', help='with -d: torch device (default: cuda if available)')
     parser.add_argument('-p', '--cropped-images-dir',
                         help='where to write crops (without it, nothing is cropped)')
     parser.add_argument('--square-crops', action='store_true',
@@ -66,29 +86,80 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('-i', '--images-dir', help='folder with <dataset>/<file> photos')
     parser.add_argument('-n', '--threads', type=utils.positive_int, default=1,
                         help='threads reading and cropping photos (default: 1)')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.run_detector and not args.detector_file:
+        parser.error('--run-detector needs --detector-file')
+    if args.run_detector and not args.images_dir:
+        parser.error('--run-detector needs --images-dir (the local photos)')
+    return args
+
+
+def run_detector_on(missing: Sequence[str], args: argparse.Namespace) -> list[str]:
+    """Runs the detector on images (``<dataset>/<path>``) and caches the results per
+    dataset; returns the images it could not process."""
+    from pathlib import Path
+
+    from classification.train_utils import pick_device
+    from detection import run_detector_batch
+    from detection.detector_output import merge_into_cache
+    done: dict[str, dict[str, Any]] = {}
+    if args.resume_file and Path(args.resume_file).exists():
+        saved = utils.require_mapping(utils.read_json(args.resume_file), args.resume_file)
+        done = {e['file']: e for e in saved.get('images', []) if isinstance(e, dict)
+                and 'file' in e}
+    for key in missing:
+        utils.safe_join(args.images_dir, key)          # refuse paths that leave the folder
+    logger.info('running the detector on %d images', len(missing))
+    doc = run_detector_batch.run(args.detector_file, missing, Path(args.images_dir),
+                                 args.detector_image_size, run_detector_batch.DEFAULT_THRESHOLD,
+                                 pick_device(args.device), args.threads, args.resume_file,
+                                 100 if args.resume_file else 0, done)
+    by_dataset: dict[str, list[dict[str, Any]]] = {}
+    failed = []
+    for entry in doc['images']:
+        if 'failure' in entry:
+            failed.append(entry['file'])
+            continue
+        by_dataset.setdefault(entry['file'].split('/', 1)[0], []).append(entry)
+    for dataset, images in sorted(by_dataset.items()):
+        added, total = merge_into_cache(args.detector_output_cache_dir, args.detector_version,
+                                        dataset, {**doc, 'images': images})
+        logger.info('%s: cached detections of %d images (%d in the cache)', dataset, added,
+                    total)
+    return failed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
     utils.check_detector_version(args.detector_version)
+    queried = utils.read_json(args.queried_images_json)
+    utils.require_mapping(queried, args.queried_images_json)
+
+    def plan() -> tuple[list[cropping.ImageJob], list[str]]:
+        return plan_jobs(queried, args.detector_output_cache_dir, args.detector_version,
+                         args.images_dir or '.', args.cropped_images_dir or '.',
+                         args.threshold)
+
+    jobs, missing = plan()
+    detector_failures: list[str] = []
+    if args.run_detector and missing:
+        detector_failures = run_detector_on(missing, args)
+        jobs, missing = plan()
     if args.cropped_images_dir is None:
         logger.info('no --cropped-images-dir: nothing to crop')
         return 0
     if args.images_dir is None:
         raise utils.InputError('--cropped-images-dir needs --images-dir (the local photos)')
-    queried = utils.read_json(args.queried_images_json)
-    utils.require_mapping(queried, args.queried_images_json)
-    jobs, missing = plan_jobs(queried, args.detector_output_cache_dir, args.detector_version,
-                              args.images_dir, args.cropped_images_dir, args.threshold)
     if missing:
-        logger.warning('%d images have no cached detections (run MegaDetector on them and '
-                       'cache the results with cache_batchapi_outputs)', len(missing))
+        logger.warning('%d images have no cached detections (run MegaDetector on them with '
+                       '--run-detector, or cache its results with cache_batchapi_outputs)',
+                       len(missing))
     report = cropping.run_crop_jobs(jobs, args.square_crops, args.check_crops_valid,
                                     args.threads)
     log = cropping.write_failure_log(report, args.output_dir, 'detect_and_crop',
-                                     {'images_without_detections': missing})
+                                     {'images_without_detections': missing,
+                                      'detector_failures': detector_failures})
     logger.info('%d images: %d crops written, %d already there, %d failed images; log: %s',
                 report.images, report.crops_written, report.crops_skipped,
                 len(report.failures), log)

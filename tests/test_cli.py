@@ -30,7 +30,8 @@ def test_module_help(step):
                                     'classification/json_validator.py',
                                     'data_management/megadb/import_dataset.py',
                                     'data_management/megadb/download_images.py',
-                                    'data_management/demo_project.py'])
+                                    'data_management/demo_project.py',
+                                    'detection/run_detector_batch.py'])
 def test_script_path_invocation(script):
     proc = subprocess.run([sys.executable, script, '--help'], cwd=REPO, capture_output=True,
                           text=True)

@@ -34,8 +34,11 @@ class RedThingDetector(torch.nn.Module):
 
 @pytest.fixture(scope='module')
 def detector(tmp_path_factory):
+    import warnings
     path = tmp_path_factory.mktemp('md') / 'md_test.torchscript'
-    torch.jit.save(torch.jit.script(RedThingDetector()), str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)     # TorchScript is the file format
+        torch.jit.save(torch.jit.script(RedThingDetector()), str(path))
     return path
 
 
@@ -161,3 +164,71 @@ def test_letterbox_matches_opencv_resize():
     assert np.abs(ours[top:top + 154] - ref).max() <= 1
     assert (ours[:top] == 114).all() and (ours[top + 154:] == 114).all()
     assert pad == pytest.approx((0.0, (256 - 300 * gain) / 2))
+
+
+def test_detect_and_crop_runs_the_detector_and_caches(tmp_path, detector, monkeypatch):
+    """detect_and_crop --run-detector: uncached images go through the detector, their
+    results land in mdcache, crops follow; a rerun does not run it again."""
+    from classification import detect_and_crop
+    images = tmp_path / 'images' / 'ds'
+    (images / 'cam').mkdir(parents=True)
+    _photo(images / 'cam' / 'a.jpg', 400, 300, (50, 60, 170, 200))
+    _photo(images / 'gt.jpg', 200, 200, (0, 0, 10, 10))
+    (images / 'broken.jpg').write_bytes(b'not a photo')
+    entry = {'dataset': 'ds', 'location': 'L1', 'class': 'elk', 'label': ['elk']}
+    queried = {'ds/cam/a.jpg': entry, 'ds/broken.jpg': entry,
+               'ds/gt.jpg': {**entry, 'bbox': [{'category': 'animal',
+                                                'bbox': [0.0, 0.0, 0.5, 0.5]}]}}
+    (tmp_path / 'q.json').write_text(json.dumps(queried))
+    args = [str(tmp_path / 'q.json'), str(tmp_path / 'out'), '-c', str(tmp_path / 'mdcache'),
+            '-v', '5a', '-p', str(tmp_path / 'crops'), '-i', str(tmp_path / 'images'),
+            '-t', '0.5', '--square-crops']
+    (tmp_path / 'out').mkdir()
+    # without --run-detector the two images are only reported
+    assert detect_and_crop.main(args) == 0
+    (log,) = (tmp_path / 'out').glob('detect_and_crop_log_*.json')
+    assert sorted(read_json(log)['images_without_detections']) == ['ds/broken.jpg',
+                                                                  'ds/cam/a.jpg']
+    log.unlink()
+    calls = []
+    real_run = rdb.run
+    monkeypatch.setattr(rdb, 'run', lambda det, files, *a, **k: calls.append(list(files))
+                        or real_run(det, files, *a, **k))
+    run_args = [*args, '--run-detector', '--detector-file', str(detector),
+                '--detector-image-size', '256', '--resume-file', str(tmp_path / 'resume.json')]
+    assert detect_and_crop.main(run_args) == 0
+    assert calls == [['ds/broken.jpg', 'ds/cam/a.jpg']]
+    cache = read_json(tmp_path / 'mdcache' / 'v5a' / 'ds.json')
+    (cached,) = cache['images']                        # the unreadable photo is not cached
+    assert cached['file'] == 'cam/a.jpg'
+    animal = [d for d in cached['detections'] if d['category'] == '1']
+    np.testing.assert_allclose(animal[0]['bbox'], _expected(400, 300, (50, 60, 170, 200)),
+                               atol=0.012)
+    assert cache['info']['detector'] == 'md_test.torchscript'
+    crops = sorted(p.relative_to(tmp_path / 'crops').as_posix()
+                   for p in (tmp_path / 'crops').rglob('*.jpg'))
+    assert crops == ['ds/cam/a.jpg___crop00_mdv5a.jpg', 'ds/gt.jpg___crop00.jpg']
+    (log,) = (tmp_path / 'out').glob('detect_and_crop_log_*.json')
+    assert read_json(log)['detector_failures'] == ['ds/broken.jpg']
+    assert read_json(log)['images_without_detections'] == ['ds/broken.jpg']
+    log.unlink()
+    # rerun: only the photo that failed is tried again
+    assert detect_and_crop.main(run_args) == 0
+    assert calls[1] == ['ds/broken.jpg']
+
+
+def test_detect_and_crop_detector_flags_are_checked(tmp_path, capsys):
+    from classification import detect_and_crop
+    base = ['q.json', 'out', '-c', 'mdcache', '-v', '5a']
+    with pytest.raises(SystemExit):
+        detect_and_crop.parse_args([*base, '--run-detector', '-i', 'images'])
+    assert '--detector-file' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        detect_and_crop.parse_args([*base, '--run-detector', '--detector-file', 'x'])
+    assert '--images-dir' in capsys.readouterr().err
+    queried = {'../../x.jpg': {'dataset': '..', 'location': 'L', 'label': ['c']}}
+    (tmp_path / 'q.json').write_text(json.dumps(queried))
+    rc = utils.run_cli(lambda: detect_and_crop.main([
+        str(tmp_path / 'q.json'), str(tmp_path), '-c', str(tmp_path / 'c'), '-v', '5a',
+        '--run-detector', '--detector-file', 'x', '-i', str(tmp_path / 'images')]))
+    assert rc == 2 and 'Traceback' not in capsys.readouterr().err
