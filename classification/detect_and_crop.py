@@ -15,6 +15,10 @@ added to the cache (photos the detector cannot read are logged, not cached).
 --resume-file keeps the detector's progress, so an interrupted run goes on
 where it stopped.
 
+With --save-full-images, photos missing from --images-dir are first downloaded
+from their dataset's blob container (or copied from its local images_root), as
+the dataset's MegaDB entry says (--megadb), and kept in --images-dir.
+
 Example:
     python -m classification.detect_and_crop run1/queried_images.json run1 \
         --detector-output-cache-dir mdcache --detector-version 5a \
@@ -31,10 +35,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from classification import cropping, utils
+from data_management.megadb.base import (
+    DEFAULT_MEGADB,
+    add_cosmos_key_flag,
+    is_cosmos_uri,
+    open_megadb,
+)
 from detection.detector_output import DetectionCache, queried_image_crops
 
 logger = logging.getLogger(__name__)
@@ -75,6 +86,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="with -d: the detector's checkpoint file (written every 100 "
                              'images, resumed from when present)')
     parser.add_argument('--device', help='with -d: torch device (default: cuda if available)')
+    parser.add_argument('--save-full-images', action='store_true',
+                        help='download photos missing from --images-dir from their '
+                             "datasets' containers (MegaDB entries) and keep them there")
+    parser.add_argument('--megadb', default=os.environ.get('MEGADB', DEFAULT_MEGADB),
+                        help='with --save-full-images: the MegaDB with the dataset entries '
+                             f'(default: $MEGADB or {DEFAULT_MEGADB})')
+    add_cosmos_key_flag(parser)
     parser.add_argument('-p', '--cropped-images-dir',
                         help='where to write crops (without it, nothing is cropped)')
     parser.add_argument('--square-crops', action='store_true',
@@ -91,6 +109,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error('--run-detector needs --detector-file')
     if args.run_detector and not args.images_dir:
         parser.error('--run-detector needs --images-dir (the local photos)')
+    if args.save_full_images and not args.images_dir:
+        parser.error('--save-full-images needs --images-dir (where to keep the photos)')
     return args
 
 
@@ -129,6 +149,25 @@ def run_detector_on(missing: Sequence[str], args: argparse.Namespace) -> list[st
     return failed
 
 
+def fetch_missing_photos(keys: Sequence[str], args: argparse.Namespace
+                         ) -> list[dict[str, str]]:
+    """Downloads the photos (``<dataset>/<path>``) not yet in --images-dir; returns
+    the failures ({image, reason})."""
+    from pathlib import Path
+
+    from data_management.megadb.download_images import download
+    if not is_cosmos_uri(args.megadb) and not Path(args.megadb).exists():
+        raise utils.InputError(f'--megadb {args.megadb}: no such database file')
+    with open_megadb(args.megadb, args.cosmos_key) as db:
+        datasets = db.get_datasets()
+    report = download([(k, k) for k in keys], args.images_dir, datasets, args.threads,
+                      only_new=True, check_dir=None)
+    logger.info('photos: %d downloaded, %d already in %s, %d failed', report['downloaded'],
+                report['skipped_existing'], args.images_dir, len(report['failures']))
+    failures: list[dict[str, str]] = report['failures']
+    return failures
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
@@ -141,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                          args.images_dir or '.', args.cropped_images_dir or '.',
                          args.threshold)
 
+    download_failures: list[dict[str, str]] = []
+    if args.save_full_images:
+        download_failures = fetch_missing_photos(sorted(queried), args)
     jobs, missing = plan()
     detector_failures: list[str] = []
     if args.run_detector and missing:
@@ -159,7 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     args.threads)
     log = cropping.write_failure_log(report, args.output_dir, 'detect_and_crop',
                                      {'images_without_detections': missing,
-                                      'detector_failures': detector_failures})
+                                      'detector_failures': detector_failures,
+                                      'download_failures': download_failures})
     logger.info('%d images: %d crops written, %d already there, %d failed images; log: %s',
                 report.images, report.crops_written, report.crops_skipped,
                 len(report.failures), log)

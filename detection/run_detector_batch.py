@@ -8,24 +8,26 @@ YOLOv5's exporter, at the size it runs at:
     python export.py --weights md_v5a.0.0.pt --include torchscript --imgsz 1280
 
 and give the resulting ``md_v5a.0.0.torchscript`` here. Each photo (EXIF
-orientation applied, as MegaDetector does) is letterboxed to --image-size
+orientation applied, as MegaDetector does) is letterboxed to --image_size
 (scaled to fit, padded with grey 114), the model's raw predictions are turned
 into boxes as YOLOv5 does (confidence = objectness x class score, boxes at least
 --threshold, class-wise NMS at IoU 0.45, at most 300 per photo) and mapped back
 to the photo as normalized ``[x_min, y_min, width, height]`` with 4 decimals
 and confidences with 3; categories 1 animal, 2 person, 3 vehicle.
 
-Input: a folder (its images, recursively), or a .json list / .txt file of image
-paths. Photos that cannot be read get ``"failure": "Failure image access"`` and
-``"detections": null``;
-the run goes on. With --checkpoint-frequency N, results so far are written to
---checkpoint-path every N photos, and --resume-from-checkpoint skips the photos
-already there.
+Input: a folder (its images; with --recursive, its subfolders' too), or a .json
+list / .txt file of image paths. Photos that cannot be read get
+``"failure": "Failure image access"`` and ``"detections": null``; the run goes
+on. With --checkpoint_frequency N, results so far are written every N photos
+to --checkpoint_path (default ``md_checkpoint_<time>.json`` beside the output),
+and --resume_from_checkpoint (a file, or ``auto`` for the newest such file)
+skips the photos already there. Flags keep MegaDetector's names (underscores;
+the hyphenated spellings work too).
 
 Example:
     python -m detection.run_detector_batch md_v5a.0.0.torchscript photos \
-        detections.json --output-relative-filenames --threshold 0.005 \
-        --checkpoint-frequency 1000 --checkpoint-path detections.checkpoint.json
+        detections.json --recursive --output_relative_filenames --threshold 0.005 \
+        --use_image_queue --checkpoint_frequency 1000
 """
 from __future__ import annotations
 
@@ -99,8 +101,9 @@ def boxes_from_predictions(pred: torch.Tensor, conf_threshold: float,
 
 
 def to_md_detections(det: torch.Tensor, gain: float, pad: tuple[float, float],
-                     width: int, height: int) -> list[dict[str, Any]]:
-    """K x 6 boxes in letterboxed pixels -> MegaDetector detections of the photo."""
+                     width: int, height: int, class_offset: int = 1) -> list[dict[str, Any]]:
+    """K x 6 boxes in letterboxed pixels -> MegaDetector detections of the photo
+    (category = class index + ``class_offset``)."""
     out = []
     for x1, y1, x2, y2, conf, cls in det.tolist():
         x1 = min(max((x1 - pad[0]) / gain, 0.0), width)
@@ -111,7 +114,7 @@ def to_md_detections(det: torch.Tensor, gain: float, pad: tuple[float, float],
         cx, cy = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height
         bw, bh = (x2 - x1) / width, (y2 - y1) / height
         box = [round(v, COORD_DIGITS) for v in (cx - bw / 2, cy - bh / 2, bw, bh)]
-        out.append({'category': str(int(cls) + 1), 'conf': round(conf, CONF_DIGITS),
+        out.append({'category': str(int(cls) + class_offset), 'conf': round(conf, CONF_DIGITS),
                     'bbox': box})
     return out
 
@@ -151,52 +154,67 @@ def list_images(source: str, recursive: bool = True) -> tuple[list[str], Path | 
 
 def detect_images(model: torch.jit.ScriptModule, files: Sequence[str], root: Path | None,
                   image_size: int, threshold: float, device: torch.device,
-                  threads: int = 2) -> Iterator[dict[str, Any]]:
-    """One MegaDetector image entry per file, in order; photos are decoded on
-    ``threads`` threads ahead of the model."""
+                  threads: int = 0, class_offset: int = 1) -> Iterator[dict[str, Any]]:
+    """One MegaDetector image entry per file, in order. With ``threads`` > 0 photos
+    are decoded on that many threads ahead of the model (an image queue); with 0,
+    each in turn before its inference."""
+    import numpy as np
+
     def load(name: str) -> torch.Tensor | None:
         try:
             img = open_photo(root / name if root else name).upright()
         except (OSError, ValueError) as e:
             logger.debug('%s: %s', name, e)
             return None
-        import numpy as np
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
-    with ThreadPoolExecutor(max(1, threads)) as pool, torch.inference_mode():
-        for name, image in zip(files, pool.map(load, files), strict=True):
-            if image is None:
-                yield {'file': name, 'failure': FAILURE_IMAGE_ACCESS, 'detections': None}
-                continue
-            try:
-                x, gain, pad = letterbox(image.to(device), image_size)
-                pred = model(x)
-                pred = pred[0] if isinstance(pred, (tuple, list)) else pred
-                det = boxes_from_predictions(pred[0].float(), threshold)
-            except RuntimeError as e:
-                logger.warning('%s: inference failed (%s)', name, str(e)[:200])
-                yield {'file': name, 'failure': FAILURE_INFERENCE, 'detections': None}
-                continue
-            yield {'file': name, 'detections': to_md_detections(
-                det.cpu(), gain, pad, image.shape[2], image.shape[1])}
+    pool = ThreadPoolExecutor(threads) if threads > 0 else None
+    images: Iterator[torch.Tensor | None] = pool.map(load, files) if pool else map(load, files)
+    try:
+        with torch.inference_mode():
+            for name, image in zip(files, images, strict=True):
+                if image is None:
+                    yield {'file': name, 'failure': FAILURE_IMAGE_ACCESS, 'detections': None}
+                    continue
+                try:
+                    x, gain, pad = letterbox(image.to(device), image_size)
+                    pred = model(x)
+                    pred = pred[0] if isinstance(pred, (tuple, list)) else pred
+                    det = boxes_from_predictions(pred[0].float(), threshold)
+                except RuntimeError as e:
+                    logger.warning('%s: inference failed (%s)', name, str(e)[:200])
+                    yield {'file': name, 'failure': FAILURE_INFERENCE, 'detections': None}
+                    continue
+                yield {'file': name, 'detections': to_md_detections(
+                    det.cpu(), gain, pad, image.shape[2], image.shape[1], class_offset)}
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
-def output_document(images: list[dict[str, Any]], detector: str,
-                    threshold: float, image_size: int) -> dict[str, Any]:
+def output_document(images: list[dict[str, Any]], detector: str, threshold: float,
+                    image_size: int, categories: Mapping[str, str] | None = None
+                    ) -> dict[str, Any]:
     return {'info': {'detector': os.path.basename(detector),
                      'detection_completion_time': time.strftime('%Y-%m-%d %H:%M:%S'),
                      'format_version': FORMAT_VERSION,
                      'detector_metadata': {'image_size': image_size,
                                            'output_threshold': threshold}},
-            'detection_categories': dict(DEFAULT_DETECTION_CATEGORIES),
+            'detection_categories': dict(categories or DEFAULT_DETECTION_CATEGORIES),
             'images': images}
 
 
 def run(detector: str, files: Sequence[str], root: Path | None, image_size: int,
-        threshold: float, device: torch.device, threads: int = 2,
+        threshold: float, device: torch.device, threads: int = 0,
         checkpoint_path: str | None = None, checkpoint_frequency: int = 0,
-        done: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Detections for every file (those in ``done`` are reused) as a batch document."""
+        done: Mapping[str, dict[str, Any]] | None = None,
+        class_mapping: Mapping[str, str] | None = None,
+        quiet: bool = False) -> dict[str, Any]:
+    """Detections for every file (those in ``done`` are reused) as a batch document.
+
+    ``class_mapping`` ({"0": name, ...}) names the model's classes directly (no +1,
+    as the original's --class_mapping_filename); default: MegaDetector's three.
+    """
     model = load_detector(detector, device)
     done = dict(done or {})
     todo = [f for f in files if f not in done]
@@ -205,14 +223,32 @@ def run(detector: str, files: Sequence[str], root: Path | None, image_size: int,
                     len(files))
     from tqdm import tqdm
     new: dict[str, dict[str, Any]] = {}
-    for k, entry in enumerate(tqdm(detect_images(model, todo, root, image_size, threshold,
-                                                 device, threads),
-                                   total=len(todo), unit='img', disable=None), 1):
+    entries = detect_images(model, todo, root, image_size, threshold, device, threads,
+                            0 if class_mapping else 1)
+    for k, entry in enumerate(tqdm(entries, total=len(todo), unit='img',
+                                   disable=True if quiet else None), 1):
         new[entry['file']] = entry
-        if checkpoint_path and checkpoint_frequency and k % checkpoint_frequency == 0:
+        if checkpoint_path and checkpoint_frequency > 0 and k % checkpoint_frequency == 0:
             utils.write_json({'images': [*done.values(), *new.values()]}, checkpoint_path)
     results = {**done, **new}
-    return output_document([results[f] for f in files], detector, threshold, image_size)
+    return output_document([results[f] for f in files], detector, threshold, image_size,
+                           class_mapping)
+
+
+def add_max_conf(doc: Mapping[str, Any]) -> None:
+    """The legacy per-image ``max_detection_conf`` field (--include_max_conf)."""
+    for entry in doc['images']:
+        if entry.get('detections') is not None:
+            entry['max_detection_conf'] = max((d['conf'] for d in entry['detections']),
+                                              default=0.0)
+
+
+def read_class_mapping(path: str) -> dict[str, str]:
+    mapping = utils.require_mapping(utils.read_json(path), path)
+    if not mapping or not all(isinstance(k, str) and k.isdigit() and isinstance(v, str)
+                              for k, v in mapping.items()):
+        raise utils.InputError(f'{path}: expected {{"0": "class name", ...}}')
+    return dict(mapping)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -220,44 +256,81 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('detector_file', help='MegaDetector exported to TorchScript')
     parser.add_argument('image_file', help='folder of images, or .json/.txt list of paths')
     parser.add_argument('output_file', help="batch-format JSON to write, or '-'")
+    parser.add_argument('--recursive', action='store_true',
+                        help='with a folder: its subfolders too')
+    parser.add_argument('--output_relative_filenames', '--output-relative-filenames',
+                        action='store_true',
+                        help='with a folder: paths relative to it (default: joined to it)')
+    parser.add_argument('--include_max_conf', '--include-max-conf', action='store_true',
+                        help='add each image\'s max_detection_conf (legacy field)')
+    parser.add_argument('--quiet', action='store_true', help='no progress bar or info logs')
+    parser.add_argument('--image_size', '--image-size', type=utils.positive_int, default=None,
+                        help='the size the model was exported at (default: 1280)')
+    parser.add_argument('--use_image_queue', '--use-image-queue', action='store_true',
+                        help='decode photos on background threads ahead of the model')
     parser.add_argument('--threshold', type=utils.probability, default=DEFAULT_THRESHOLD,
                         help=f'lowest confidence written (default: {DEFAULT_THRESHOLD})')
-    parser.add_argument('--image-size', type=utils.positive_int, default=1280,
-                        help='the size the model was exported at (default: 1280)')
-    parser.add_argument('--no-recursive', action='store_true',
-                        help='only the images directly in the folder')
-    parser.add_argument('--output-relative-filenames', action='store_true',
-                        help='write paths relative to the image folder (default: as listed '
-                             'or joined to the folder)')
-    parser.add_argument('--threads', type=utils.positive_int, default=2,
-                        help='threads decoding photos ahead of the model (default: 2)')
+    parser.add_argument('--checkpoint_frequency', '--checkpoint-frequency', type=int,
+                        default=-1, help='write results so far every N images (default: -1, '
+                                         'never)')
+    parser.add_argument('--checkpoint_path', '--checkpoint-path',
+                        help='checkpoint file (default: md_checkpoint_<time>.json beside the '
+                             'output file)')
+    parser.add_argument('--resume_from_checkpoint', '--resume-from-checkpoint',
+                        metavar='CHECKPOINT',
+                        help="skip the images in this checkpoint ('auto': the newest "
+                             'md_checkpoint_*.json beside the output file)')
+    parser.add_argument('--allow_checkpoint_overwrite', '--allow-checkpoint-overwrite',
+                        action='store_true', help='let a checkpoint replace an existing file')
+    parser.add_argument('--ncores', type=utils.nonneg_int, default=0,
+                        help='CPU threads for inference, and decoding threads with '
+                             '--use_image_queue (default: 0, all cores / 2 threads)')
+    parser.add_argument('--class_mapping_filename', '--class-mapping-filename',
+                        help='JSON {"0": "name", ...} for a detector with other classes '
+                             '(category ids then start at 0)')
     parser.add_argument('--device', help='torch device (default: cuda if available)')
-    parser.add_argument('--checkpoint-frequency', type=utils.nonneg_int, default=0,
-                        help='write results so far every N images (default: 0, never)')
-    parser.add_argument('--checkpoint-path', help='where to write checkpoints')
-    parser.add_argument('--resume-from-checkpoint', metavar='CHECKPOINT',
-                        help='skip the images already in this checkpoint')
-    args = parser.parse_args(argv)
-    if args.checkpoint_frequency and not args.checkpoint_path:
-        parser.error('--checkpoint-frequency needs --checkpoint-path')
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from classification.train_utils import pick_device
     args = parse_args(argv)
     utils.setup_logging()
-    files, root = list_images(args.image_file, not args.no_recursive)
+    if args.quiet:
+        logging.getLogger().setLevel(logging.WARNING)
+    files, root = list_images(args.image_file, args.recursive)
     if not files:
         raise utils.InputError(f'{args.image_file}: no images found')
+    out_dir = Path(args.output_file).parent if args.output_file != '-' else Path('.')
+    checkpoint_path = args.checkpoint_path
+    if args.checkpoint_frequency > 0 and checkpoint_path is None:
+        checkpoint_path = str(out_dir / f'md_checkpoint_{time.strftime("%Y%m%d%H%M%S")}.json')
+    if checkpoint_path and args.checkpoint_frequency > 0 and Path(checkpoint_path).exists() \
+            and not args.allow_checkpoint_overwrite \
+            and checkpoint_path != args.resume_from_checkpoint:
+        raise utils.InputError(f'{checkpoint_path}: checkpoint exists (use '
+                               '--allow_checkpoint_overwrite or --resume_from_checkpoint)')
     done: dict[str, dict[str, Any]] = {}
-    if args.resume_from_checkpoint:
-        ckpt = utils.require_mapping(utils.read_json(args.resume_from_checkpoint),
-                                     args.resume_from_checkpoint)
+    resume = args.resume_from_checkpoint
+    if resume == 'auto':
+        found = sorted(out_dir.glob('md_checkpoint_*.json'))
+        if not found:
+            raise utils.InputError(f'--resume_from_checkpoint auto: no md_checkpoint_*.json in '
+                                   f'{out_dir}')
+        resume = str(found[-1])
+    if resume:
+        ckpt = utils.require_mapping(utils.read_json(resume), resume)
         done = {e['file']: e for e in ckpt.get('images', []) if 'file' in e}
-    doc = run(args.detector_file, files, root, args.image_size, args.threshold,
-              pick_device(args.device), args.threads, args.checkpoint_path,
-              args.checkpoint_frequency, done)
+    if args.ncores:
+        torch.set_num_threads(args.ncores)
+    threads = (args.ncores or 2) if args.use_image_queue else 0
+    mapping = read_class_mapping(args.class_mapping_filename) \
+        if args.class_mapping_filename else None
+    doc = run(args.detector_file, files, root, args.image_size or 1280, args.threshold,
+              pick_device(args.device), threads, checkpoint_path, args.checkpoint_frequency,
+              done, mapping, args.quiet)
+    if args.include_max_conf:
+        add_max_conf(doc)
     if root is not None and not args.output_relative_filenames:
         for entry in doc['images']:
             entry['file'] = (root / entry['file']).as_posix()

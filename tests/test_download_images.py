@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from classification import utils
 from data_management.megadb import download_images
 from data_management.megadb.base import open_megadb
@@ -64,3 +66,46 @@ def test_save_paths_cannot_escape(tmp_path):
         ['json', str(tmp_path / 'l.json'), str(tmp_path / 's'), '--megadb',
          str(tmp_path / 'm.sqlite')]))
     assert rc == 2
+
+
+def test_detect_and_crop_save_full_images(tmp_path, azurite, fast_blob_retries, capsys):
+    """detect_and_crop --save-full-images fetches the photos it lacks from the dataset's
+    container (MegaDB entry), keeps them in --images-dir, then crops them."""
+    import io
+
+    from PIL import Image
+
+    from classification import detect_and_crop
+    buf = io.BytesIO()
+    Image.new('RGB', (200, 100), (200, 30, 30)).save(buf, 'JPEG')
+    url = azurite.create_container('dac-photos', {'cam/a.jpg': buf.getvalue()})
+    endpoint, sas = url.split('?')
+    db = tmp_path / 'm.sqlite'
+    with open_megadb(str(db)) as m:
+        m.upsert_dataset({'dataset_name': 'ds', 'storage_account': endpoint.rsplit('/', 1)[0],
+                          'container': 'dac-photos', 'container_sas_key': sas})
+    box = [{'category': 'animal', 'bbox': [0.1, 0.1, 0.5, 0.5]}]
+    entry = {'dataset': 'ds', 'location': 'L', 'class': 'elk', 'label': ['elk'], 'bbox': box}
+    (tmp_path / 'q.json').write_text(json.dumps({'ds/cam/a.jpg': entry,
+                                                 'ds/missing.jpg': entry}))
+    (tmp_path / 'out').mkdir()
+    args = [str(tmp_path / 'q.json'), str(tmp_path / 'out'), '-c', str(tmp_path / 'mdcache'),
+            '-v', '5a', '-p', str(tmp_path / 'crops'), '-i', str(tmp_path / 'images'),
+            '--save-full-images', '--megadb', str(db), '-n', '2']
+    assert detect_and_crop.main(args) == 0
+    assert (tmp_path / 'images' / 'ds' / 'cam' / 'a.jpg').read_bytes() == buf.getvalue()
+    assert (tmp_path / 'crops' / 'ds' / 'cam' / 'a.jpg___crop00.jpg').exists()
+    (log,) = (tmp_path / 'out').glob('detect_and_crop_log_*.json')
+    report = read_json(log)
+    assert report['download_failures'] == [{'image': 'ds/missing.jpg',
+                                            'reason': 'blob not found'}]
+    assert [f['file'] for f in report['failures']] == ['ds/missing.jpg']
+    assert sas.split('sig=')[1].split('&')[0] not in capsys.readouterr().err
+    log.unlink()
+    # a kept photo is not downloaded again
+    (tmp_path / 'images' / 'ds' / 'cam' / 'a.jpg').write_bytes(b'kept')
+    assert detect_and_crop.main(args) == 0
+    assert (tmp_path / 'images' / 'ds' / 'cam' / 'a.jpg').read_bytes() == b'kept'
+    assert 'photos: 0 downloaded, 1 already' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        detect_and_crop.parse_args(args[:6] + ['--save-full-images'])    # no --images-dir

@@ -105,12 +105,34 @@ def test_threshold_failures_lists_and_validator(tmp_path, detector):
     assert broken == {'file': str(tmp_path / 'img' / 'broken.jpg'),
                       'failure': rdb.FAILURE_IMAGE_ACCESS, 'detections': None}
     assert_valid_megadetector_output(tmp_path / 'o.json')
-    # a folder, with paths joined to it
+    # a folder, with paths joined to it; subfolders only with --recursive
     assert rdb.main([str(detector), str(tmp_path / 'img'), str(tmp_path / 'f.json'),
-                     '--image-size', '160']) == 0
+                     '--image_size', '160']) == 0
     files = [e['file'] for e in read_json(tmp_path / 'f.json')['images']]
-    assert files == [(tmp_path / 'img' / 'broken.jpg').as_posix(),
-                     (tmp_path / 'img' / 'sub' / 'a.jpg').as_posix()]
+    assert files == [(tmp_path / 'img' / 'broken.jpg').as_posix()]
+    assert rdb.main([str(detector), str(tmp_path / 'img'), str(tmp_path / 'f.json'),
+                     '--image_size', '160', '--recursive', '--use_image_queue',
+                     '--include_max_conf', '--quiet']) == 0
+    images = read_json(tmp_path / 'f.json')['images']
+    assert [e['file'] for e in images] == [(tmp_path / 'img' / 'broken.jpg').as_posix(),
+                                           (tmp_path / 'img' / 'sub' / 'a.jpg').as_posix()]
+    assert 'max_detection_conf' not in images[0]
+    assert images[1]['max_detection_conf'] == max(d['conf'] for d in images[1]['detections'])
+    assert images[1]['detections'] == read_json(tmp_path / 'o.json')['images'][0][
+        'detections'] + [d for d in images[1]['detections'] if d['conf'] < 0.5]
+
+
+def test_class_mapping_file(tmp_path, detector):
+    (tmp_path / 'img').mkdir()
+    _photo(tmp_path / 'img' / 'a.jpg', 200, 200, (20, 20, 80, 80))
+    (tmp_path / 'classes.json').write_text(json.dumps({'0': 'deer', '1': 'hiker',
+                                                       '2': 'truck'}))
+    assert rdb.main([str(detector), str(tmp_path / 'img'), str(tmp_path / 'o.json'),
+                     '--image_size', '128', '--class_mapping_filename',
+                     str(tmp_path / 'classes.json')]) == 0
+    doc = read_json(tmp_path / 'o.json')
+    assert doc['detection_categories'] == {'0': 'deer', '1': 'hiker', '2': 'truck'}
+    assert sorted(d['category'] for d in doc['images'][0]['detections']) == ['0', '1']
 
 
 def test_checkpoints_and_resume(tmp_path, detector, monkeypatch):
@@ -138,6 +160,22 @@ def test_checkpoints_and_resume(tmp_path, detector, monkeypatch):
     assert seen == ['4.jpg']
     resumed = read_json(tmp_path / 'r.json')['images']
     assert resumed[0]['detections'] == [] and resumed[1:] == full['images'][1:]
+    # an existing checkpoint is not overwritten without --allow_checkpoint_overwrite
+    args = [str(detector), str(tmp_path / 'img'), str(tmp_path / 'o2.json'), '--image_size',
+            '128', '--checkpoint_frequency', '2', '--checkpoint_path', str(ckpt)]
+    assert utils.run_cli(lambda: rdb.main(args)) == 2
+    assert rdb.main([*args, '--allow_checkpoint_overwrite']) == 0
+    # default checkpoint names beside the output, found again by 'auto'
+    out = tmp_path / 'auto' / 'o.json'
+    out.parent.mkdir()
+    assert rdb.main([str(detector), str(tmp_path / 'img'), str(out), '--image_size', '128',
+                     '--checkpoint_frequency', '1']) == 0
+    (auto_ckpt,) = out.parent.glob('md_checkpoint_*.json')
+    assert len(read_json(auto_ckpt)['images']) == 5
+    seen.clear()
+    assert rdb.main([str(detector), str(tmp_path / 'img'), str(out), '--image_size', '128',
+                     '--resume_from_checkpoint', 'auto']) == 0
+    assert seen == []
 
 
 def test_pickled_checkpoint_is_explained(tmp_path, capsys):
