@@ -86,3 +86,26 @@ def test_demo_end_to_end(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2 and 'not made by the demo' in proc.stderr
     json.dumps(merged)
+
+
+CLI_FLAGS = REPO.parent / 'shared' / 'reference' / 'cli_flags.md'
+
+
+@pytest.mark.skipif(not CLI_FLAGS.exists(), reason='reference/cli_flags.md not available')
+def test_every_original_flag_is_accepted(capsys):
+    """Each flag of the original scripts (reference/cli_flags.md) is in its --help."""
+    import importlib
+    import re
+    checked = 0
+    for section in re.split(r'^## ', CLI_FLAGS.read_text(), flags=re.M)[1:]:
+        head, *lines = section.splitlines()
+        module = importlib.import_module(head.strip().removesuffix('.py').replace('/', '.'))
+        flags = [f for line in lines if (m := re.match(r'- `([^`]+)`', line))
+                 for f in m.group(1).split() if f.startswith('-')]
+        with pytest.raises(SystemExit):
+            module.parse_args(['--help'])
+        help_text = capsys.readouterr().out
+        missing = [f for f in flags if not re.search(re.escape(f) + r'\b', help_text)]
+        assert missing == [], f'{head}: {missing}'
+        checked += len(flags)
+    assert checked > 100
