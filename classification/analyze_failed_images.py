@@ -41,8 +41,6 @@ from classification import utils
 logger = logging.getLogger(__name__)
 
 CATEGORIES = ('good', 'nonexistant', 'non_image', 'truncated', 'bad')
-IMAGE_EXTENSIONS = frozenset({'.jpg', '.jpeg', '.png', '.gif', '.bmp', '.tif', '.tiff',
-                              '.webp'})
 
 Fetch = Callable[[str], bytes | None]   # the image's bytes, or None if it does not exist
 
@@ -108,7 +106,7 @@ def analyze(paths: Iterable[str], fetch: Fetch, threads: int = 1) -> dict[str, l
     result: dict[str, list[str]] = {c: [] for c in CATEGORIES}
     to_fetch = []
     for path in paths:
-        if os.path.splitext(path)[1].lower() not in IMAGE_EXTENSIONS:
+        if os.path.splitext(path)[1].lower() not in utils.IMAGE_EXTENSIONS:
             result['non_image'].append(path)
         else:
             to_fetch.append(path)

@@ -92,14 +92,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='keep downloaded photos in --images-dir')
     parser.add_argument('-v', '--detector-version',
                         help='version for crop names, e.g. 5a (default: from info.detector)')
-    parser.add_argument('--square-crops', action='store_true',
-                        help='crop the smallest square around each box, padded with black')
-    parser.add_argument('--check-crops-valid', action='store_true',
-                        help='decode existing crops and redo the broken ones')
-    parser.add_argument('-t', '--threshold', type=utils.probability, default=0.0,
-                        help='crop detections with at least this confidence (default: 0)')
-    parser.add_argument('-n', '--threads', type=utils.positive_int, default=1,
-                        help='threads reading and cropping photos (default: 1)')
+    cropping.add_crop_flags(parser)
     parser.add_argument('--logdir', default='.', help='folder for the log file (default: .)')
     args = parser.parse_args(argv)
     if args.images_dir is None and args.container_url is None:
@@ -119,11 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else None
     report = cropping.run_crop_jobs(jobs, args.square_crops, args.check_crops_valid,
                                     args.threads, fetch)
-    log = cropping.write_failure_log(report, args.logdir, 'crop_detections',
-                                     {'detector_version': version})
-    logger.info('%d images: %d crops written, %d already there, %d failed images; log: %s',
-                report.images, report.crops_written, report.crops_skipped,
-                len(report.failures), log)
+    cropping.write_failure_log(report, args.logdir, 'crop_detections',
+                               {'detector_version': version})
     return 0
 
 

@@ -7,6 +7,7 @@ an interrupted run resumes; a photo that cannot be read is reported, not raised.
 """
 from __future__ import annotations
 
+import argparse
 import io
 import logging
 import os
@@ -95,6 +96,12 @@ _UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
             8: Image.Transpose.ROTATE_90}
 
 
+def _upright_size(stored: tuple[int, int], orientation: int) -> tuple[int, int]:
+    """(width, height) after the EXIF orientation (5-8 swap the sides)."""
+    w, h = stored
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
 @dataclass
 class Photo:
     """Decoded pixels of a photo as stored (any mode) and its EXIF orientation.
@@ -113,8 +120,7 @@ class Photo:
     @property
     def size(self) -> tuple[int, int]:
         """(width, height) of the whole photo, upright."""
-        w, h = self.stored_size or self.image.size
-        return (h, w) if self.orientation in (5, 6, 7, 8) else (w, h)
+        return _upright_size(self.stored_size or self.image.size, self.orientation)
 
     def stored_box(self, box: PixelBox) -> PixelBox:
         """An upright-coordinates box in the coordinates of the stored pixels."""
@@ -184,8 +190,7 @@ class PhotoFile:
     @property
     def size(self) -> tuple[int, int]:
         """(width, height) upright."""
-        w, h = self._img.size
-        return (h, w) if self.orientation in (5, 6, 7, 8) else (w, h)
+        return _upright_size(self._img.size, self.orientation)
 
     def decode(self, boxes: Sequence[PixelBox] | None = None) -> Photo:
         """Decodes the photo, or with ``boxes`` (upright pixel boxes) possibly only
@@ -242,6 +247,18 @@ def open_photo(source: Any) -> Photo:
 def load_image(source: Any) -> Image.Image:
     """Opens a photo (path or file object), applies its EXIF orientation, returns RGB."""
     return open_photo(source).upright()
+
+
+def add_crop_flags(parser: argparse.ArgumentParser) -> None:
+    """The cropping flags that crop_detections and detect_and_crop share."""
+    parser.add_argument('--square-crops', action='store_true',
+                        help='crop the smallest square around each box, padded with black')
+    parser.add_argument('--check-crops-valid', action='store_true',
+                        help='decode existing crops and redo the broken ones')
+    parser.add_argument('-t', '--threshold', type=utils.probability, default=0.0,
+                        help='crop detections with at least this confidence (default: 0)')
+    parser.add_argument('-n', '--threads', type=utils.positive_int, default=1,
+                        help='threads reading and cropping photos (default: 1)')
 
 
 def crop_is_valid(path: Path) -> bool:
@@ -344,7 +361,8 @@ def run_crop_jobs(jobs: Sequence[ImageJob], square: bool, check_valid: bool, thr
 
 def write_failure_log(report: CropReport, logdir: str | os.PathLike[str], prefix: str,
                       extra: dict[str, Any] | None = None) -> Path:
-    """Writes ``<logdir>/<prefix>_log_<YYYYmmdd_HHMMSS>.json`` with every failed image."""
+    """Writes ``<logdir>/<prefix>_log_<YYYYmmdd_HHMMSS>.json`` with every failed image,
+    and logs the run's counts."""
     stamp = time.strftime('%Y%m%d_%H%M%S')
     path = Path(logdir) / f'{prefix}_log_{stamp}.json'
     doc: dict[str, Any] = {
@@ -356,4 +374,7 @@ def write_failure_log(report: CropReport, logdir: str | os.PathLike[str], prefix
     if extra:
         doc.update(extra)
     utils.write_json(doc, path, indent=1)
+    logger.info('%d images: %d crops written, %d already there, %d failed images; log: %s',
+                report.images, report.crops_written, report.crops_skipped,
+                len(report.failures), path)
     return path

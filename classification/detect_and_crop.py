@@ -43,7 +43,6 @@ from classification import cropping, utils
 from data_management.megadb.base import (
     DEFAULT_MEGADB,
     add_cosmos_key_flag,
-    is_cosmos_uri,
     open_megadb,
 )
 from detection.detector_output import DetectionCache, queried_image_crops
@@ -95,15 +94,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_cosmos_key_flag(parser)
     parser.add_argument('-p', '--cropped-images-dir',
                         help='where to write crops (without it, nothing is cropped)')
-    parser.add_argument('--square-crops', action='store_true',
-                        help='crop the smallest square around each box, padded with black')
-    parser.add_argument('--check-crops-valid', action='store_true',
-                        help='decode existing crops and redo the broken ones')
-    parser.add_argument('-t', '--threshold', type=utils.probability, default=0.0,
-                        help='crop detections with at least this confidence (default: 0)')
     parser.add_argument('-i', '--images-dir', help='folder with <dataset>/<file> photos')
-    parser.add_argument('-n', '--threads', type=utils.positive_int, default=1,
-                        help='threads reading and cropping photos (default: 1)')
+    cropping.add_crop_flags(parser)
     args = parser.parse_args(argv)
     if args.run_detector and not args.detector_file:
         parser.error('--run-detector needs --detector-file')
@@ -122,13 +114,8 @@ def run_detector_on(missing: Sequence[str], args: argparse.Namespace) -> list[st
     from classification.train_utils import pick_device
     from detection import run_detector_batch
     from detection.detector_output import merge_into_cache
-    done: dict[str, dict[str, Any]] = {}
-    if args.resume_file and Path(args.resume_file).exists():
-        saved = utils.require_mapping(utils.read_json(args.resume_file), args.resume_file)
-        done = {e['file']: e for e in saved.get('images', []) if isinstance(e, dict)
-                and 'file' in e}
-    for key in missing:
-        utils.safe_join(args.images_dir, key)          # refuse paths that leave the folder
+    done = (run_detector_batch.read_checkpoint(args.resume_file)
+            if args.resume_file and Path(args.resume_file).exists() else {})
     logger.info('running the detector on %d images', len(missing))
     doc = run_detector_batch.run(args.detector_file, missing, Path(args.images_dir),
                                  args.detector_image_size, run_detector_batch.DEFAULT_THRESHOLD,
@@ -153,12 +140,8 @@ def fetch_missing_photos(keys: Sequence[str], args: argparse.Namespace
                          ) -> list[dict[str, str]]:
     """Downloads the photos (``<dataset>/<path>``) not yet in --images-dir; returns
     the failures ({image, reason})."""
-    from pathlib import Path
-
     from data_management.megadb.download_images import download
-    if not is_cosmos_uri(args.megadb) and not Path(args.megadb).exists():
-        raise utils.InputError(f'--megadb {args.megadb}: no such database file')
-    with open_megadb(args.megadb, args.cosmos_key) as db:
+    with open_megadb(args.megadb, args.cosmos_key, must_exist=True) as db:
         datasets = db.get_datasets()
     report = download([(k, k) for k in keys], args.images_dir, datasets, args.threads,
                       only_new=True, check_dir=None)
@@ -199,13 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                        len(missing))
     report = cropping.run_crop_jobs(jobs, args.square_crops, args.check_crops_valid,
                                     args.threads)
-    log = cropping.write_failure_log(report, args.output_dir, 'detect_and_crop',
-                                     {'images_without_detections': missing,
-                                      'detector_failures': detector_failures,
-                                      'download_failures': download_failures})
-    logger.info('%d images: %d crops written, %d already there, %d failed images; log: %s',
-                report.images, report.crops_written, report.crops_skipped,
-                len(report.failures), log)
+    cropping.write_failure_log(report, args.output_dir, 'detect_and_crop',
+                               {'images_without_detections': missing,
+                                'detector_failures': detector_failures,
+                                'download_failures': download_failures})
     return 0
 
 

@@ -59,7 +59,7 @@ def candidates(df: pd.DataFrame, margin: float, include_dataset: bool,
                source: str) -> dict[str, list[str]]:
     """{dataset: sorted unique image paths} of the crops at or above the margin."""
     out: dict[str, set[str]] = {}
-    chosen = df['path'][margins(df, source) >= margin] if len(df) else df['path']
+    chosen = df['path'][margins(df, source) >= margin]
     for crop in chosen.astype(str):
         try:
             image = utils.parse_crop_filename(crop)[0]
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lists = candidates(df, args.margin, args.include_dataset_in_filename, source)
         for dataset, files in lists.items():
             path = utils.safe_join(logdir, f'mislabeled_candidates_{split}_{dataset}.txt')
-            utils.write_text(''.join(f'{f}\n' for f in files), path)
+            utils.write_lines(files, path)
             logger.info('%s, %s: %d candidate images -> %s', split, dataset, len(files), path)
         if not lists:
             logger.info('%s: no crop beats its label by %.2f or more', split, args.margin)

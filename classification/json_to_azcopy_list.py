@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     queried = utils.require_mapping(utils.read_json(args.input_json), args.input_json)
     for ds, files in file_lists(queried).items():
         path = utils.safe_join(args.output_dir, f'{ds}_images.txt')
-        utils.write_text(''.join(f'{f}\n' for f in files), path)
+        utils.write_lines(files, path)
         logger.info('%s: %d images -> %s', ds, len(files), path)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     return 0

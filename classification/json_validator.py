@@ -44,7 +44,6 @@ from data_management.megadb.base import (
     DEFAULT_MEGADB,
     MegaDB,
     add_cosmos_key_flag,
-    is_cosmos_uri,
     open_megadb,
 )
 from data_management.megadb.schema import image_classes
@@ -228,11 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.mislabeled_images and not Path(args.mislabeled_images).is_dir():
         raise utils.InputError(f'--mislabeled-images {args.mislabeled_images}: not a folder')
-    if not is_cosmos_uri(args.megadb) and not Path(args.megadb).exists():
-        raise utils.InputError(f'--megadb {args.megadb}: no such database file (build one '
-                               'with python -m data_management.megadb.import_dataset)')
     ds_to_labels = dataset_label_to_outputs(resolved)
-    with open_megadb(args.megadb, args.cosmos_key) as db:
+    with open_megadb(args.megadb, args.cosmos_key, must_exist=True) as db:
         images = query_images(db, ds_to_labels, args.mislabeled_images)
         datasets = db.get_datasets()
     out = Path(args.output_dir)

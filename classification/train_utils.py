@@ -409,6 +409,12 @@ class EpochResult:
                 'acc_weighted_top3': self.acc_weighted_top3}
 
 
+def readable(y: torch.Tensor) -> torch.Tensor:
+    """Rows of a label batch whose crop could be read (CropDataset marks the others
+    with label -1, or all -1 for multi-label rows)."""
+    return (y >= 0).all(dim=1) if y.ndim == 2 else y >= 0
+
+
 def run_epoch(model: nn.Module, loader: DataLoader[Any], device: torch.device,
               optimizer: torch.optim.Optimizer | None = None, desc: str = '') -> EpochResult:
     """One pass over ``loader``: trains when ``optimizer`` is given, else evaluates."""
@@ -423,13 +429,13 @@ def run_epoch(model: nn.Module, loader: DataLoader[Any], device: torch.device,
     with torch.set_grad_enabled(training):
         for x, y, w, idx in tqdm(loader, desc=desc, leave=False, disable=None):
             multilabel = y.ndim == 2            # 0/1 targets per class
-            ok = (y >= 0).all(dim=1) if multilabel else y >= 0
+            ok = readable(y)
             if not bool(ok.all()):
                 unreadable.extend(int(i) for i in idx[~ok])
                 x, y, w, idx = x[ok], y[ok], w[ok], idx[ok]
                 if len(y) == 0:
                     continue
-            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            x = to_model_input(x, device)
             y = y.to(device, non_blocking=True)
             w = w.to(device, dtype=torch.float32, non_blocking=True)
             logits = model(x)
@@ -519,9 +525,10 @@ def write_evaluation(out_dir: Path, split_frames: dict[str, pd.DataFrame],
 
     Multi-label: a class counts as predicted when its probability is at least
     0.5; confusion_matrices.npz holds one 2 x 2 matrix per label (sklearn's
-    multilabel_confusion_matrix) and precision/recall are per label."""
+    multilabel_confusion_matrix) and precision/recall are per label. The frames are
+    load_split_frames' (their label_idx, or label_set when multi-label, are the truth).
+    """
     overall, stats, cms = [], [], {}
-    label_to_idx = {name: i for i, name in enumerate(labels)}
     for split, df in split_frames.items():
         res = results[split]
         assert res.probs is not None
@@ -534,12 +541,11 @@ def write_evaluation(out_dir: Path, split_frames: dict[str, pd.DataFrame],
         out = pd.concat([out, pd.DataFrame(probs, columns=list(labels))], axis=1)
         utils.write_csv(out, out_dir / f'outputs_{split}.csv.gz')
         if multilabel:
-            y_hot = multi_hot([[label_to_idx[lab] for lab in str(v).split(',')]
-                               for v in sub['label']], len(labels)).astype(np.int64)
+            y_hot = multi_hot(sub['label_set'].tolist(), len(labels)).astype(np.int64)
             cms[split], stats_split = label_stats(y_hot, (probs >= 0.5).astype(np.int64),
                                                   labels, split)
         else:
-            y_true = np.array([label_to_idx[lab] for lab in sub['label']], dtype=np.int64)
+            y_true = sub['label_idx'].to_numpy(dtype=np.int64)
             cms[split], stats_split = label_stats(y_true, probs.argmax(axis=1), labels, split)
         stats.append(stats_split)
         overall.append({'split': split, **res.metrics()})
@@ -641,7 +647,7 @@ def predict_probs(model: nn.Module | torch.jit.ScriptModule,
     batches: Iterable[Any] = loader if loader.num_workers > 0 else prefetch(loader)
     for x, y, _, idx in tqdm(batches, total=len(loader), desc=desc, leave=False,
                              disable=None):
-        ok = (y >= 0).all(dim=1) if y.ndim == 2 else y >= 0
+        ok = readable(y)
         if not bool(ok.all()):
             unreadable.extend(int(i) for i in idx[~ok])
             x, idx = x[ok], idx[ok]

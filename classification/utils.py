@@ -20,7 +20,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -183,6 +183,14 @@ def write_text(text: str, path: str | os.PathLike[str]) -> None:
         f.write(text)
 
 
+def write_lines(lines: Iterable[str], path: str | os.PathLike[str]) -> None:
+    """Writes one item per line (a file list for AzCopy or download_images), atomically."""
+    write_text(''.join(f'{line}\n' for line in lines), path)
+
+
+IMAGE_EXTENSIONS = frozenset({'.jpg', '.jpeg', '.png', '.gif', '.bmp', '.tif', '.tiff', '.webp'})
+
+
 # ---------------------------------------------------------------- label index and params
 
 def load_label_index(path: str | os.PathLike[str]) -> list[str]:
@@ -338,26 +346,24 @@ def probability(text: str) -> float:
     return v
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
+def _int_at_least(text: str, low: int, too_small: str) -> int:
     try:
         v = int(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(f'{text!r} is not an integer') from e
-    if v < 1:
-        raise argparse.ArgumentTypeError(f'{text} must be at least 1')
+    if v < low:
+        raise argparse.ArgumentTypeError(f'{text} {too_small}')
     return v
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(text, 1, 'must be at least 1')
 
 
 def nonneg_int(text: str) -> int:
     """argparse type: an integer >= 0."""
-    try:
-        v = int(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f'{text!r} is not an integer') from e
-    if v < 0:
-        raise argparse.ArgumentTypeError(f'{text} must not be negative')
-    return v
+    return _int_at_least(text, 0, 'must not be negative')
 
 
 def make_parser(doc: str | None) -> argparse.ArgumentParser:

@@ -35,7 +35,6 @@ import argparse
 import logging
 import os
 import time
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -50,7 +49,6 @@ from detection.detector_output import DEFAULT_DETECTION_CATEGORIES, FORMAT_VERSI
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.tif', '.tiff', '.webp')
 FAILURE_IMAGE_ACCESS = 'Failure image access'
 FAILURE_INFERENCE = 'Failure inference'
 DEFAULT_THRESHOLD = 0.005       # MegaDetector's default for what goes into the file
@@ -121,18 +119,16 @@ def to_md_detections(det: torch.Tensor, gain: float, pad: tuple[float, float],
 
 def load_detector(path: str, device: torch.device) -> torch.jit.ScriptModule:
     """A TorchScript detector; a pickled YOLOv5 .pt gets an explanation."""
+    from classification.train_utils import load_torchscript
     if not Path(path).is_file():
         raise utils.InputError(f'{path}: detector file not found')
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore', FutureWarning)
-            model = torch.jit.load(path, map_location=device)
-    except (RuntimeError, ValueError) as e:
+        return load_torchscript(path, device)
+    except utils.InputError as e:
         raise utils.InputError(
             f'{path}: not a TorchScript file. MegaDetector .pt files are pickled YOLOv5 '
             'models; export one with YOLOv5: python export.py --weights md_v5a.0.0.pt '
             '--include torchscript --imgsz 1280') from e
-    return model.eval()
 
 
 def list_images(source: str, recursive: bool = True) -> tuple[list[str], Path | None]:
@@ -141,7 +137,7 @@ def list_images(source: str, recursive: bool = True) -> tuple[list[str], Path | 
     if p.is_dir():
         pattern = '**/*' if recursive else '*'
         files = sorted(f.relative_to(p).as_posix() for f in p.glob(pattern)
-                       if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+                       if f.is_file() and f.suffix.lower() in utils.IMAGE_EXTENSIONS)
         return files, p
     if source.endswith('.json'):
         doc = utils.read_json(source)
@@ -152,24 +148,25 @@ def list_images(source: str, recursive: bool = True) -> tuple[list[str], Path | 
         return [line.strip() for line in f if line.strip()], None
 
 
-def detect_images(model: torch.jit.ScriptModule, files: Sequence[str], root: Path | None,
+def detect_images(model: torch.jit.ScriptModule, files: Sequence[str], sources: Sequence[Path],
                   image_size: int, threshold: float, device: torch.device,
                   threads: int = 0, class_offset: int = 1) -> Iterator[dict[str, Any]]:
-    """One MegaDetector image entry per file, in order. With ``threads`` > 0 photos
-    are decoded on that many threads ahead of the model (an image queue); with 0,
-    each in turn before its inference."""
+    """One MegaDetector image entry per file (read from the matching source), in
+    order. With ``threads`` > 0 photos are decoded on that many threads ahead of the
+    model (an image queue); with 0, each in turn before its inference."""
     import numpy as np
 
-    def load(name: str) -> torch.Tensor | None:
+    def load(source: Path) -> torch.Tensor | None:
         try:
-            img = open_photo(root / name if root else name).upright()
+            img = open_photo(source).upright()
         except (OSError, ValueError) as e:
-            logger.debug('%s: %s', name, e)
+            logger.debug('%s: %s', source, e)
             return None
-        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
 
     pool = ThreadPoolExecutor(threads) if threads > 0 else None
-    images: Iterator[torch.Tensor | None] = pool.map(load, files) if pool else map(load, files)
+    images: Iterator[torch.Tensor | None] = (pool.map(load, sources) if pool
+                                             else map(load, sources))
     try:
         with torch.inference_mode():
             for name, image in zip(files, images, strict=True):
@@ -215,15 +212,17 @@ def run(detector: str, files: Sequence[str], root: Path | None, image_size: int,
     ``class_mapping`` ({"0": name, ...}) names the model's classes directly (no +1,
     as the original's --class_mapping_filename); default: MegaDetector's three.
     """
-    model = load_detector(detector, device)
     done = dict(done or {})
     todo = [f for f in files if f not in done]
+    # paths relative to root must stay inside it: refused before any work
+    sources = [utils.safe_join(root, f) if root else Path(f) for f in todo]
+    model = load_detector(detector, device)
     if done:
         logger.info('resuming: %d of %d images already done', len(files) - len(todo),
                     len(files))
     from tqdm import tqdm
     new: dict[str, dict[str, Any]] = {}
-    entries = detect_images(model, todo, root, image_size, threshold, device, threads,
+    entries = detect_images(model, todo, sources, image_size, threshold, device, threads,
                             0 if class_mapping else 1)
     for k, entry in enumerate(tqdm(entries, total=len(todo), unit='img',
                                    disable=True if quiet else None), 1):
@@ -233,6 +232,12 @@ def run(detector: str, files: Sequence[str], root: Path | None, image_size: int,
     results = {**done, **new}
     return output_document([results[f] for f in files], detector, threshold, image_size,
                            class_mapping)
+
+
+def read_checkpoint(path: str) -> dict[str, dict[str, Any]]:
+    """{file: image entry} of a checkpoint written by ``run``."""
+    saved = utils.require_mapping(utils.read_json(path), path)
+    return {e['file']: e for e in saved.get('images', []) if isinstance(e, dict) and 'file' in e}
 
 
 def add_max_conf(doc: Mapping[str, Any]) -> None:
@@ -319,8 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    f'{out_dir}')
         resume = str(found[-1])
     if resume:
-        ckpt = utils.require_mapping(utils.read_json(resume), resume)
-        done = {e['file']: e for e in ckpt.get('images', []) if 'file' in e}
+        done = read_checkpoint(resume)
     if args.ncores:
         torch.set_num_threads(args.ncores)
     threads = (args.ncores or 2) if args.use_image_queue else 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import argparse
+import os
 from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
@@ -64,14 +65,17 @@ def is_cosmos_uri(uri: str) -> bool:
     return uri == 'cosmos' or uri.lower().startswith(('https://', 'http://'))
 
 
-def open_megadb(uri: str, cosmos_key: str | None = None) -> MegaDB:
-    """Opens a database: a file path (SQLite, created if missing), or Azure Cosmos DB
-    (``cosmos`` or an ``https://`` endpoint, key from ``cosmos_key`` or COSMOS_KEY;
-    see cosmos_db.from_uri)."""
+def open_megadb(uri: str, cosmos_key: str | None = None, must_exist: bool = False) -> MegaDB:
+    """Opens a database: a file path (SQLite, created if missing unless
+    ``must_exist``), or Azure Cosmos DB (``cosmos`` or an ``https://`` endpoint, key
+    from ``cosmos_key`` or COSMOS_KEY; see cosmos_db.from_uri)."""
     if not uri:
         raise InputError('no MegaDB given (use --megadb PATH)')
     if is_cosmos_uri(uri):
         from data_management.megadb.cosmos_db import from_uri
         return from_uri(uri, cosmos_key)
+    if must_exist and not os.path.exists(uri):
+        raise InputError(f'--megadb {uri}: no such database file (build one with '
+                         'python -m data_management.megadb.import_dataset)')
     from data_management.megadb.sqlite_db import SQLiteMegaDB
     return SQLiteMegaDB(uri)

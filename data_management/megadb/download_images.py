@@ -35,7 +35,6 @@ from data_management import azure_blob
 from data_management.megadb.base import (
     DEFAULT_MEGADB,
     add_cosmos_key_flag,
-    is_cosmos_uri,
     open_megadb,
 )
 
@@ -156,9 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
     items = read_list(args.type, args.file_list_json, args.key, args.save_key)
-    if not is_cosmos_uri(args.megadb) and not Path(args.megadb).exists():
-        raise utils.InputError(f'--megadb {args.megadb}: no such database file')
-    with open_megadb(args.megadb, args.cosmos_key) as db:
+    with open_megadb(args.megadb, args.cosmos_key, must_exist=True) as db:
         datasets = db.get_datasets()
     report = download(items, args.store_dir, datasets, args.threads, args.only_new_images,
                       args.check_existing_dir)
