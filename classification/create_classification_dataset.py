@@ -1,15 +1,17 @@
 r"""Build the classification dataset CSV, the label index and location-based splits.
 
 --mode csv: every crop on disk of an image in queried_images.json becomes one
-row: ground-truth crops with confidence 1.0, detector crops (from the cache)
-whose confidence is at least --threshold. Labels seen at fewer than --min-locs
+row: crops of its ground-truth animal boxes with confidence 1.0 (its person
+and vehicle boxes are left out), else detector crops (from the cache) whose
+confidence is at least --threshold. Labels seen at fewer than --min-locs
 locations are dropped.
 --mode splits: assigns every (dataset, location) to train, val or test so
 that each label's crops and locations are split close to --val-frac and
---test-frac. ``random`` scores --num-trials random assignments at once (array
-operations, seeded); ``smallest_first`` fills test, then val, then train,
-starting from the rarest label and its smallest locations; with --label-spec,
-a label's locations in the datasets its "prioritize" field lists come first.
+--test-frac. ``random`` scores --num-trials random assignments (seeded), a
+chunk at a time with matrix products; ``smallest_first`` fills test, then
+val, then train, starting from the rarest label and its smallest locations;
+with --label-spec, a label's locations in the datasets its "prioritize" field
+lists come first.
 
 Example:
     python -m classification.create_classification_dataset run1 \
@@ -94,15 +96,39 @@ def _score(assign: np.ndarray, counts: np.ndarray, fracs: np.ndarray) -> np.ndar
 
     Sum over labels and splits of |achieved - wanted| fraction, for crops and
     for locations.
+
+    The crops (and locations) of each label that a trial puts in val and in
+    test come from one matrix product, (trials*2 x locations) one-hot rows
+    against the locations x (crops, presence) table, which BLAS runs; train
+    holds the rest. The sums are of whole numbers in float32, exact in any
+    order while a label has fewer than 2**24 crops, so the scores are the same,
+    bit for bit, as the straightforward einsum over trials x locations x splits.
     """
-    onehot = (assign[:, :, None] == np.arange(3)).astype(np.float32)      # T x L x 3
-    score = np.zeros(len(assign))
-    for mat in (counts, (counts > 0).astype(np.float64)):
-        per_split = np.einsum('tls,lk->tsk', onehot, mat.astype(np.float32))  # T x 3 x K
+    n_trials, n_locs = assign.shape
+    n_labels = counts.shape[1]
+    presence = (counts > 0).astype(np.float64)
+    table = np.hstack([counts, presence]).astype(np.float32)                # L x 2K
+    held_out = (assign[:, None, :] == np.arange(1, 3)[None, :, None]).astype(np.float32)
+    held = (held_out.reshape(n_trials * 2, n_locs) @ table).reshape(n_trials, 2, 2 * n_labels)
+    train = table.sum(axis=0)[None, None, :] - held[:, :1] - held[:, 1:]
+    per_split = np.concatenate([train, held], axis=1)                      # T x 3 x 2K
+    score = np.zeros(n_trials)
+    for j, mat in enumerate((counts, presence)):
         totals = mat.sum(axis=0)
-        frac = per_split / np.maximum(totals, 1)[None, None, :]
+        part = per_split[:, :, j * n_labels:(j + 1) * n_labels]                # T x 3 x K
+        frac = part / np.maximum(totals, 1)[None, None, :]
         score += np.abs(frac - fracs[None, :, None]).sum(axis=(1, 2))
     return score
+
+
+def _assignments(order: np.ndarray, n_test: int, n_val: int) -> np.ndarray:
+    """Split of each location per trial (0 train, 1 val, 2 test) from ``order``
+    (trials x locations, a permutation per row): the first ``n_test`` locations
+    of a row go to test, the next ``n_val`` to val, the rest to train."""
+    assign = np.zeros(order.shape, dtype=np.int64)
+    np.put_along_axis(assign, order[:, :n_test], 2, axis=1)
+    np.put_along_axis(assign, order[:, n_test:n_test + n_val], 1, axis=1)
+    return assign
 
 
 def split_random(df: pd.DataFrame, val_frac: float, test_frac: float, seed: int,
@@ -124,8 +150,7 @@ def split_random(df: pd.DataFrame, val_frac: float, test_frac: float, seed: int,
     best_score, best = np.inf, np.zeros(n, dtype=np.int64)
     for start in range(0, num_trials, chunk):
         t = min(chunk, num_trials - start)
-        ranks = np.argsort(rng.random((t, n)), axis=1).argsort(axis=1)
-        assign = np.where(ranks < n_test, 2, np.where(ranks < n_test + n_val, 1, 0))
+        assign = _assignments(np.argsort(rng.random((t, n)), axis=1), n_test, n_val)
         scores = _score(assign, counts, fracs)
         i = int(np.argmin(scores))
         if scores[i] < best_score:

@@ -204,19 +204,32 @@ class DetectionCache:
         return self._animal[dataset]
 
 
+def is_animal_box(box: Mapping[str, Any]) -> bool:
+    """Whether a ground-truth box of queried_images.json (``{"category", "bbox"}``)
+    is an animal's; a box without a category counts as one, as in the database."""
+    return str(box.get('category', 'animal')).strip().lower() == 'animal'
+
+
 def queried_image_crops(key: str, entry: Mapping[str, Any], cache: DetectionCache,
                         threshold: float
                         ) -> list[tuple[str, tuple[float, float, float, float], float]] | None:
-    """The crops of one queried image as (crop name, normalized box, confidence):
-    its ground-truth boxes (confidence 1.0, names without a detector suffix),
-    else its cached animal detections of at least ``threshold``. None when it has
-    no ground truth and no usable cached detections."""
+    """The crops of one queried image as (crop name, normalized box, confidence).
+
+    An image with ground-truth boxes gets one crop per animal box (confidence
+    1.0, names without a detector suffix, numbered by the box's position among
+    all the image's boxes); its person and vehicle boxes are not cropped, since
+    the image's species label is not theirs. If none of its boxes is an animal,
+    the list is empty: the ground truth says where the animals are, so the
+    detector is not asked. An image without ground truth gets its cached animal
+    detections of at least ``threshold``. None when it has no ground truth and
+    no usable cached detections.
+    """
     dataset = entry['dataset']
     if not key.startswith(f'{dataset}/'):
         raise InputError(f'{key}: image key does not start with its dataset {dataset}/')
     if entry.get('bbox'):
         return [(crop_filename(key, i, None), _box(b['bbox']), 1.0)
-                for i, b in enumerate(entry['bbox'])]
+                for i, b in enumerate(entry['bbox']) if is_animal_box(b)]
     img = cache.image(dataset, key[len(dataset) + 1:])
     if img is None or 'failure' in img or cache.version is None:
         return None

@@ -176,3 +176,150 @@ def test_flag_combinations_are_checked(capsys):
     assert '--val-frac' in capsys.readouterr().err
     with pytest.raises(SystemExit):
         create_classification_dataset.parse_args(['out', '--mode', 'csv'])
+
+
+# ---------------------------------------------------------------- split search: matmul scoring
+
+def _score_einsum(assign, counts, fracs):
+    """The scoring as first written (the reference): einsum over trials x locations x splits."""
+    onehot = (assign[:, :, None] == np.arange(3)).astype(np.float32)
+    score = np.zeros(len(assign))
+    for mat in (counts, (counts > 0).astype(np.float64)):
+        per_split = np.einsum('tls,lk->tsk', onehot, mat.astype(np.float32))
+        totals = mat.sum(axis=0)
+        frac = per_split / np.maximum(totals, 1)[None, None, :]
+        score += np.abs(frac - fracs[None, :, None]).sum(axis=(1, 2))
+    return score
+
+
+def _split_random_before(df, val_frac, test_frac, seed, num_trials, chunk=1000):
+    """split_random's search as first written: ranks by a second argsort, einsum scoring."""
+    ccd = create_classification_dataset
+    locs, _, counts = ccd._count_matrix(df)
+    n = len(locs)
+    n_test = max(int(round(test_frac * n)), 1) if test_frac > 0 else 0
+    n_val = max(int(round(val_frac * n)), 1) if val_frac > 0 else 0
+    fracs = np.array([1 - val_frac - test_frac, val_frac, test_frac])
+    rng = np.random.default_rng(seed)
+    best_score, best = np.inf, np.zeros(n, dtype=np.int64)
+    for start in range(0, num_trials, chunk):
+        t = min(chunk, num_trials - start)
+        ranks = np.argsort(rng.random((t, n)), axis=1).argsort(axis=1)
+        assign = np.where(ranks < n_test, 2, np.where(ranks < n_test + n_val, 1, 0))
+        scores = _score_einsum(assign, counts, fracs)
+        i = int(np.argmin(scores))
+        if scores[i] < best_score:
+            best_score, best = float(scores[i]), assign[i]
+    return ccd._to_splits(locs, best)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_split_score_equals_the_einsum_formula(seed):
+    rng = np.random.default_rng(seed)
+    n_trials, n_locs, n_labels = 64, 57, 13
+    counts = rng.poisson(rng.gamma(0.4, 30, size=(n_locs, n_labels))).astype(np.float64)
+    counts[:, 0] = 0                                    # a label with no crops at all
+    assign = rng.integers(0, 3, size=(n_trials, n_locs))
+    assign[0] = 0                                       # everything in train
+    fracs = np.array([0.6, 0.25, 0.15])
+    got = create_classification_dataset._score(assign, counts, fracs)
+    want = _score_einsum(assign, counts, fracs)
+    assert got.shape == (n_trials,)
+    assert np.array_equal(got, want)                    # bit for bit: same argmin, same splits
+
+
+def test_assignments_equal_the_double_argsort():
+    rng = np.random.default_rng(3)
+    order = np.argsort(rng.random((20, 31)), axis=1)
+    ranks = order.argsort(axis=1)
+    for n_test, n_val in ((6, 5), (0, 7), (4, 0), (0, 0)):
+        want = np.where(ranks < n_test, 2, np.where(ranks < n_test + n_val, 1, 0))
+        assert np.array_equal(create_classification_dataset._assignments(order, n_test, n_val),
+                              want)
+
+
+@pytest.mark.parametrize('val_frac, test_frac, seed', [(0.2, 0.2, 123), (0.3, 0.0, 7),
+                                                       (0.1, 0.25, 0)])
+def test_random_split_same_as_the_einsum_search(monkeypatch, val_frac, test_frac, seed):
+    ccd = create_classification_dataset
+    df = _toy_frame(n_locs=60, seed=seed)
+    new = ccd.split_random(df, val_frac, test_frac, seed=seed, num_trials=2500, chunk=1000)
+    assert new == _split_random_before(df, val_frac, test_frac, seed, 2500)
+    monkeypatch.setattr(ccd, '_score', _score_einsum)
+    assert ccd.split_random(df, val_frac, test_frac, seed=seed, num_trials=2500) == new
+
+
+# ---------------------------------------------------------------- only animal boxes become crops
+
+def _gt_entry(boxes, cls='deer'):
+    return {'dataset': 'ds', 'location': 'L1', 'class': cls, 'label': [cls],
+            'bbox': [{**({'category': c} if c is not None else {}), 'bbox': b}
+                     for c, b in boxes]}
+
+
+def test_only_animal_ground_truth_boxes_are_cropped():
+    from detection.detector_output import DetectionCache, queried_image_crops
+    entry = _gt_entry([('person', [0.0, 0.0, 0.2, 0.5]), ('animal', [0.5, 0.5, 0.3, 0.3]),
+                       ('vehicle', [0.1, 0.6, 0.3, 0.3]), (None, [0.6, 0.1, 0.2, 0.2]),
+                       ('Animal', [0.3, 0.3, 0.1, 0.1])])
+    crops = queried_image_crops('ds/a.jpg', entry, DetectionCache(None, None), 0.5)
+    # names keep each box's position among all the image's boxes
+    assert [name for name, _, _ in crops] == ['ds/a.jpg___crop01.jpg', 'ds/a.jpg___crop03.jpg',
+                                              'ds/a.jpg___crop04.jpg']
+    assert crops[0][1:] == ((0.5, 0.5, 0.3, 0.3), 1.0)
+
+
+def test_image_with_only_person_boxes_gets_no_crops_and_no_detector(tmp_path):
+    from detection.detector_output import DetectionCache, queried_image_crops
+    (tmp_path / 'a.json').write_text(json.dumps(_md(['a.jpg'])))    # a cached animal box too
+    assert cache_batchapi_outputs.main([str(tmp_path / 'a.json'), '-f', 'detections', '-d',
+                                        'ds', '-c', str(tmp_path / 'mdcache'), '-v', '5a']) == 0
+    entry = _gt_entry([('person', [0.0, 0.0, 0.2, 0.5])], cls='human')
+    cache = DetectionCache(tmp_path / 'mdcache', '5a')
+    assert queried_image_crops('ds/a.jpg', entry, cache, 0.5) == []
+    jobs, missing = dac.plan_jobs({'ds/a.jpg': entry}, str(tmp_path / 'mdcache'), '5a',
+                                  str(tmp_path), str(tmp_path / 'crops'), 0.5)
+    assert jobs == [] and missing == []                 # not sent to the detector either
+
+
+def test_person_box_is_not_cropped_nor_in_the_dataset_csv(tmp_path):
+    from PIL import Image
+    (tmp_path / 'images' / 'ds').mkdir(parents=True)
+    Image.new('RGB', (64, 48), (90, 120, 60)).save(tmp_path / 'images' / 'ds' / 'a.jpg')
+    queried = {'ds/a.jpg': _gt_entry([('person', [0.0, 0.0, 0.3, 0.6]),
+                                      ('animal', [0.4, 0.4, 0.5, 0.5])])}
+    (tmp_path / 'queried_images.json').write_text(json.dumps(queried))
+    crops = tmp_path / 'crops'
+    assert dac.main([str(tmp_path / 'queried_images.json'), str(tmp_path), '-c',
+                     str(tmp_path / 'mdcache'), '-v', '5a', '-p', str(crops),
+                     '-i', str(tmp_path / 'images')]) == 0
+    assert sorted(p.name for p in crops.rglob('*.jpg')) == ['a.jpg___crop01.jpg']
+    # a person crop left on disk by an earlier run stays out of the dataset
+    Image.new('RGB', (8, 8)).save(crops / 'ds' / 'a.jpg___crop00.jpg')
+    out = tmp_path / 'base'
+    assert create_classification_dataset.main([
+        str(out), '--mode', 'csv', '-q', str(tmp_path / 'queried_images.json'),
+        '-c', str(crops)]) == 0
+    df = pd.read_csv(out / 'classification_ds.csv')
+    assert list(df['path']) == ['ds/a.jpg___crop01.jpg'] and list(df['label']) == ['deer']
+
+
+def test_coco_person_and_vehicle_boxes_are_not_cropped():
+    from data_management.megadb.importers import coco_to_sequences
+    from data_management.megadb.schema import image_classes
+    from detection.detector_output import DetectionCache, queried_image_crops
+    names = ['Deer', 'Homo sapiens', 'human', 'car', 'motorcycle']
+    coco = {'images': [{'id': 1, 'file_name': 'a.jpg', 'width': 100, 'height': 100,
+                        'location': 'L1', 'seq_id': 's1'}],
+            'categories': [{'id': i, 'name': n} for i, n in enumerate(names)],
+            'annotations': [{'id': i, 'image_id': 1, 'category_id': i,
+                             'bbox': [10 * i, 10, 10, 10]} for i in range(len(names))]}
+    (seq,) = coco_to_sequences(coco, 'ds', 'coco.json')
+    (img,) = seq['images']
+    assert [b['category'] for b in img['bbox']] == ['animal', 'person', 'person', 'vehicle',
+                                                    'vehicle']
+    entry = {'dataset': 'ds', 'location': seq['location'], 'class': 'deer', 'label': ['deer'],
+             'bbox': img['bbox']}
+    assert 'deer' in image_classes(seq, img)
+    crops = queried_image_crops('ds/a.jpg', entry, DetectionCache(None, None), 0.5)
+    assert [name for name, _, _ in crops] == ['ds/a.jpg___crop00.jpg']

@@ -14,8 +14,11 @@ from typing import Any
 from classification.utils import InputError
 from data_management.megadb.schema import check_sequence_doc
 
-PERSON_NAMES = {'person', 'human', 'people'}
-VEHICLE_NAMES = {'vehicle', 'car', 'truck'}
+# COCO category names (lower-cased) whose boxes are people or vehicles, as LILA
+# datasets name them; every other category's boxes are 'animal' boxes.
+PERSON_NAMES = {'person', 'persons', 'human', 'humans', 'people', 'homo sapiens'}
+VEHICLE_NAMES = {'vehicle', 'vehicles', 'car', 'cars', 'truck', 'bus', 'motorcycle',
+                 'motorbike', 'bicycle'}
 
 
 def _box_category(name: str) -> str:
