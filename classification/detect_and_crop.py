@@ -1,7 +1,8 @@
 r"""Crop training images: ground-truth boxes, else cached MegaDetector boxes.
 
-For each image of queried_images.json, crops its ground-truth animal boxes (person and vehicle boxes are skipped) when the
-database has them (crop names without a detector suffix), and otherwise the
+For each image of queried_images.json, crops its ground-truth animal boxes
+when the database has them (crop names without a detector suffix; person and
+vehicle boxes are skipped), and otherwise the
 animal boxes of the detector output cache ``<cache>/v<version>/<dataset>.json``
 whose confidence is at least --threshold (``..._mdv<version>.jpg``). Photos are read
 from ``<images-dir>/<dataset>/<file>``; crops go to

@@ -366,6 +366,32 @@ def nonneg_int(text: str) -> int:
     return _int_at_least(text, 0, 'must not be negative')
 
 
+def _finite_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a number') from e
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f'{text} is not a finite number')
+    return v
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above 0 (refuses nan, inf, 0 and negatives)."""
+    v = _finite_float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f'{text} must be above 0')
+    return v
+
+
+def nonneg_float(text: str) -> float:
+    """argparse type: a finite number of at least 0."""
+    v = _finite_float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f'{text} must not be negative')
+    return v
+
+
 def make_parser(doc: str | None) -> argparse.ArgumentParser:
     """An ArgumentParser whose --help shows the module docstring as written."""
     return argparse.ArgumentParser(
