@@ -38,6 +38,7 @@ typecheck: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports   # scripts -> library modules -> utils, one way (setup.cfg)
 
 $(TEST_STAMP): $(STAMP) Makefile package.json package-lock.json
 	$(PY) -m pip install --quiet --no-deps $(VALIDATOR)

@@ -112,16 +112,16 @@ def run_detector_on(missing: Sequence[str], args: argparse.Namespace) -> list[st
     dataset; returns the images it could not process."""
     from pathlib import Path
 
-    from classification.train_utils import pick_device
-    from detection import run_detector_batch
+    from classification.models import pick_device
+    from detection import detector
     from detection.detector_output import merge_into_cache
-    done = (run_detector_batch.read_checkpoint(args.resume_file)
+    done = (detector.read_checkpoint(args.resume_file)
             if args.resume_file and Path(args.resume_file).exists() else {})
     logger.info('running the detector on %d images', len(missing))
-    doc = run_detector_batch.run(args.detector_file, missing, Path(args.images_dir),
-                                 args.detector_image_size, run_detector_batch.DEFAULT_THRESHOLD,
-                                 pick_device(args.device), args.threads, args.resume_file,
-                                 100 if args.resume_file else 0, done)
+    doc = detector.run(args.detector_file, missing, Path(args.images_dir),
+                       args.detector_image_size, detector.DEFAULT_THRESHOLD,
+                       pick_device(args.device), args.threads, args.resume_file,
+                       100 if args.resume_file else 0, done)
     by_dataset: dict[str, list[dict[str, Any]]] = {}
     failed = []
     for entry in doc['images']:
@@ -141,7 +141,7 @@ def fetch_missing_photos(keys: Sequence[str], args: argparse.Namespace
                          ) -> list[dict[str, str]]:
     """Downloads the photos (``<dataset>/<path>``) not yet in --images-dir; returns
     the failures ({image, reason})."""
-    from data_management.megadb.download_images import download
+    from data_management.megadb.downloads import download
     with open_megadb(args.megadb, args.cosmos_key, must_exist=True) as db:
         datasets = db.get_datasets()
     report = download([(k, k) for k in keys], args.images_dir, datasets, args.threads,

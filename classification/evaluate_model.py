@@ -4,20 +4,34 @@ Takes the params.json of a training run and a checkpoint: a normal training
 checkpoint (``ckpt_<epoch>.pt``, which is also exported to TorchScript beside
 it as ``ckpt_<epoch>_compiled.pt``) or a TorchScript file. A classifier with
 other labels (e.g. MegaClassifier) is evaluated through --target-mapping
-(dataset label -> classifier labels, from map_classification_categories) and
-its own --label-index: its probabilities are summed per dataset label.
+(target label -> classifier labels, from map_classification_categories) and
+its own --label-index: its probabilities are summed per target and renormalised
+over the mapped classifier labels, so each row sums to 1. Every target of the
+mapping is kept (e.g. 'other', after the dataset's labels), and the targets'
+label index is written as label_index.json.
+
+Relative folders in params.json are taken from the run folder (the folder of
+params.json), so this works from any working folder; --dataset-dir and
+--crops-dir override them. Under torchrun each process evaluates its share of
+the crops and rank 0 writes the files.
 
 Example:
     python -m classification.evaluate_model run1/20260101_120000/params.json \
         run1/20260101_120000/ckpt_12.pt --output-dir run1/20260101_120000 \
         --splits train val test --batch-size 256
 
+``--splits`` with no value only exports the TorchScript model (as the original).
+
 Writes into --output-dir:
-    outputs_<split>.csv.gz   path, label, weight, one probability column per label
-    overall_metrics.csv      split, loss, acc_top1, acc_top3, loss_weighted,
-                             acc_weighted_top1, acc_weighted_top3
+    outputs_<split>.csv.gz   path, label, weight (label-balancing with
+                             --label-weighted runs, else 1), one probability column
+                             per label
+    overall_metrics.csv      split, loss, loss_weighted, acc_top1, acc_top3,
+                             acc_weighted_top1, acc_weighted_top3 (accuracies in %)
     confusion_matrices.npz   one labels x labels array per split (rows = truth)
-    label_stats.csv          split, label, precision, recall
+    label_stats.csv          split, label, precision, recall (fractions; precision 0
+                             when a label is never predicted, recall empty when absent)
+    label_index.json         with --target-mapping: the targets, in column order
 """
 from __future__ import annotations
 
@@ -25,34 +39,15 @@ import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 from torch import nn
 
-from classification import train_utils, utils
+from classification import crop_data, inference, metrics, model_files, models, training, utils
+from classification.distributed import Dist
+from classification.train_config import resolve_run_path
 
 logger = logging.getLogger(__name__)
-
-SPLITS = ('train', 'val', 'test')
-
-
-def mapping_matrix(target_mapping: dict[str, list[str]], model_labels: Sequence[str],
-                   labels: Sequence[str], source: str) -> np.ndarray:
-    """0/1 matrix (model outputs x dataset labels) from {label: [model labels]}."""
-    mat = np.zeros((len(model_labels), len(labels)), dtype=np.float32)
-    col = {name: j for j, name in enumerate(labels)}
-    row = {name: i for i, name in enumerate(model_labels)}
-    for target, sources in target_mapping.items():
-        if target not in col:
-            continue
-        for s in sources:
-            if s not in row:
-                raise utils.InputError(f'{source}: {s!r} (under {target!r}) is not in the '
-                                       'classifier label index')
-            mat[row[s], col[target]] = 1.0
-    if (mat.sum(axis=1) > 1).any():
-        raise utils.InputError(f'{source}: a classifier label is mapped to two targets')
-    return mat
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -60,19 +55,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('params_json', help="params.json of the training run")
     parser.add_argument('ckpt_path', help='training checkpoint or TorchScript model')
     parser.add_argument('-o', '--output-dir', required=True, help='where to write the results')
-    parser.add_argument('--splits', nargs='*', choices=SPLITS, default=[],
-                        help='splits to evaluate (default: all three)')
+    parser.add_argument('--splits', nargs='*', choices=crop_data.SPLITS, default=None,
+                        help='splits to evaluate (default: all three; the flag with no '
+                             'value: only export the TorchScript model)')
     parser.add_argument('--target-mapping',
-                        help='JSON {dataset label: [classifier labels]} for a classifier '
+                        help='JSON {target label: [classifier labels]} for a classifier '
                              'with other labels (needs --label-index)')
     parser.add_argument('--label-index', help="the classifier's own label index JSON")
-    parser.add_argument('--model-name', choices=train_utils.VALID_MODELS,
+    parser.add_argument('--model-name', choices=models.VALID_MODELS,
                         help='architecture (default: from params.json)')
     parser.add_argument('--batch-size', type=utils.positive_int)
     parser.add_argument('--num-workers', type=utils.nonneg_int)
     parser.add_argument('--dataset-dir', help='dataset folder (default: from params.json)')
+    parser.add_argument('--crops-dir', help='crops folder (default: from params.json)')
     parser.add_argument('--image-size', type=utils.positive_int,
-                        help='input size (default: from params.json)')
+                        help='input size (default: the model file\'s, else params.json\'s)')
     parser.add_argument('--device', help='torch device (default: cuda if available)')
     args = parser.parse_args(argv)
     if args.target_mapping and not args.label_index:
@@ -80,55 +77,91 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _setting(given: Any, params: dict[str, Any], key: str, default: Any = None) -> Any:
+    """The command line's value when given (zero included), else params.json's."""
+    if given is not None:
+        return given
+    value = params.get(key)
+    return default if value is None else value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
-    params = utils.require_mapping(utils.read_json(args.params_json), args.params_json)
-    get = lambda key, default=None: getattr(args, key, None) or params.get(key, default)  # noqa: E731
-    dataset_dir = get('dataset_dir')
-    model_name = get('model_name')
-    image_size = get('image_size') or train_utils.default_image_size(model_name)
-    batch_size, num_workers = get('batch_size', 64), get('num_workers', 0)
-    crops_dir = params.get('cropped_images_dir')
+    params_path = Path(args.params_json)
+    params = dict(utils.require_mapping(utils.read_json(params_path), args.params_json))
+    run_dir = params_path.parent
+    model_name = _setting(args.model_name, params, 'model_name')
+    dataset_dir = args.dataset_dir or params.get('dataset_dir')
+    crops_dir = args.crops_dir or params.get('cropped_images_dir')
     if not dataset_dir or not crops_dir or not model_name:
         raise utils.InputError(f'{args.params_json}: needs dataset_dir, cropped_images_dir '
                                'and model_name')
+    if not args.dataset_dir:
+        dataset_dir = str(resolve_run_path(run_dir, dataset_dir))
+    if not args.crops_dir:
+        crops_dir = str(resolve_run_path(run_dir, crops_dir))
+    batch_size = _setting(args.batch_size, params, 'batch_size', 64)
+    num_workers = _setting(args.num_workers, params, 'num_workers', 0)
     labels = utils.load_label_index(Path(dataset_dir) / 'label_index.json')
     model_labels = utils.load_label_index(args.label_index) if args.label_index else labels
-    device = train_utils.pick_device(args.device)
-
+    dist = Dist.from_env(models.pick_device(args.device))
+    device = dist.device
     multilabel = bool(params.get('multilabel', False))
-    model: nn.Module
-    if train_utils.is_torchscript_file(args.ckpt_path):
-        model, marked = train_utils.load_torchscript_info(args.ckpt_path, device)
-        multilabel = multilabel or marked
-    else:
-        state, _ = train_utils.checkpoint_state_dict(args.ckpt_path)
-        model = train_utils.build_model(model_name, len(model_labels))
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise utils.InputError(f'{args.ckpt_path}: does not fit {model_name} with '
-                                   f'{len(model_labels)} labels ({str(e)[:200]})') from e
-        out = train_utils.export_torchscript(model, model_name, image_size,
-                                             train_utils.compiled_path(args.ckpt_path),
-                                             multilabel)
-        logger.info('TorchScript model: %s', out)
-        model = model.to(device)
+    image_size = _setting(args.image_size, params, 'image_size',
+                          models.default_image_size(model_name))
 
-    aggregate = None
-    if args.target_mapping:
-        aggregate = mapping_matrix(utils.read_json(args.target_mapping), model_labels, labels,
-                                   args.target_mapping)
-    splits = args.splits or list(SPLITS)
-    frames = train_utils.load_split_frames(dataset_dir, labels, splits, multilabel)
-    results = train_utils.evaluate_frames(model, frames, crops_dir, image_size, batch_size,
-                                          num_workers, device, len(model_labels), aggregate,
-                                          multilabel)
-    table = train_utils.write_evaluation(Path(args.output_dir),
-                                         {s: frames[s] for s in results}, results, labels,
-                                         multilabel)
-    train_utils.log_metrics(table)
+    try:
+        model: nn.Module
+        info: model_files.ClassifierInfo | None
+        if model_files.is_torchscript_file(args.ckpt_path):
+            model, info, marked = model_files.load_classifier(args.ckpt_path, device)
+            multilabel = multilabel or marked
+            image_size = model_files.check_image_size(info, args.image_size, image_size)
+            model_files.check_labels(info, model_labels,
+                                     args.label_index or f'{dataset_dir}/label_index.json')
+        else:
+            state, _ = model_files.checkpoint_state_dict(args.ckpt_path)
+            model = models.build_model(model_name, len(model_labels))
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as e:
+                raise utils.InputError(f'{args.ckpt_path}: does not fit {model_name} with '
+                                       f'{len(model_labels)} labels ({str(e)[:200]})') from e
+            info = model_files.ClassifierInfo(model_name, image_size, tuple(model_labels),
+                                              multilabel)
+            if dist.is_main:
+                out = model_files.export_torchscript(
+                    model, info, model_files.compiled_path(args.ckpt_path))
+                logger.info('TorchScript model: %s', out)
+            model = model.to(device)
+        splits = list(crop_data.SPLITS) if args.splits is None else args.splits
+        if not splits:
+            logger.info('no splits given: only exported the model')
+            return 0
+
+        matrix, targets = None, list(labels)
+        if args.target_mapping:
+            mapping = utils.require_mapping(utils.read_json(args.target_mapping),
+                                            args.target_mapping)
+            matrix, targets = inference.target_matrix(dict(mapping), model_labels, labels,
+                                                      args.target_mapping)
+        frames = crop_data.load_split_frames(dataset_dir, targets, splits, multilabel)
+        training.add_eval_weights(frames, bool(params.get('label_weighted', False)),
+                                  len(targets))
+        mean, std = model_files.normalisation(info)
+        results = inference.evaluate_frames(model, frames, crops_dir, image_size, batch_size,
+                                            num_workers, device, len(model_labels), matrix,
+                                            multilabel, dist, mean, std)
+        if dist.is_main:
+            out_dir = Path(args.output_dir)
+            table = metrics.write_evaluation(out_dir, {s: frames[s] for s in results}, results,
+                                             targets, multilabel)
+            if matrix is not None:
+                utils.write_json(utils.label_index_dict(targets), out_dir / 'label_index.json')
+            metrics.log_metrics(table)
+    finally:
+        dist.close()
     return 0
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from classification import train_utils, utils
+from classification import crop_data, inference, model_files, models, utils
 from detection.detector_output import (
     animal_category_ids,
     check_document,
@@ -78,14 +78,15 @@ def list_crops(crops_dir: str, detections_json: str | None, threshold: float,
 def classify(model: torch.nn.Module | torch.jit.ScriptModule, crops_dir: str,
              crops: Sequence[str], categories: Sequence[str], image_size: int, batch_size: int,
              num_workers: int, device: torch.device, bf16: bool = False,
-             multilabel: bool = False) -> tuple[pd.DataFrame, list[str]]:
+             multilabel: bool = False, info: model_files.ClassifierInfo | None = None
+             ) -> tuple[pd.DataFrame, list[str]]:
     """(probabilities table, unreadable crops); ``multilabel``: a sigmoid per class
     instead of the softmax."""
-    ds = train_utils.CropDataset(crops_dir, crops, None, None,
-                                 train_utils.eval_pixels(image_size), image_size)
-    loader = train_utils.make_loader(ds, batch_size, num_workers, device)
-    probs, bad = train_utils.predict_probs(model, loader, device, len(categories), bf16=bf16,
-                                           multilabel=multilabel)
+    ds = crop_data.CropDataset(crops_dir, crops, None, None, image_size)
+    loader = crop_data.make_loader(ds, batch_size, num_workers, device)
+    mean, std = model_files.normalisation(info)
+    probs, bad = inference.predict_probs(model, loader, device, len(categories), bf16=bf16,
+                                         multilabel=multilabel, mean=mean, std=std)
     keep = sorted(set(range(len(crops))) - set(bad))
     df = pd.DataFrame(probs[keep], columns=list(categories))
     df.insert(0, 'path', [crops[i] for i in keep])
@@ -106,8 +107,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('-c', '--classifier-categories',
                         help='label index JSON {"0": "name", ...} naming the outputs '
                              '(default: columns named 0, 1, ...)')
-    parser.add_argument('--image-size', type=utils.positive_int, default=224,
-                        help='model input size in pixels (default: 224)')
+    parser.add_argument('--image-size', type=utils.positive_int, default=None,
+                        help="model input size in pixels (default: the model file's own, "
+                             'else 224; another size than the one it was trained at is '
+                             'run with a warning)')
     parser.add_argument('--batch-size', type=utils.positive_int, default=1)
     parser.add_argument('--device', type=int, default=None,
                         help='CUDA device index (default: 0 if CUDA is available, else CPU)')
@@ -124,29 +127,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     utils.setup_logging()
     if args.detector_version is not None:
         utils.check_detector_version(args.detector_version)
-    device = train_utils.pick_device(args.device)
-    model, multilabel = train_utils.load_torchscript_info(args.model, device)
+    device = models.pick_device(args.device)
+    model, info, multilabel = model_files.load_classifier(args.model, device)
+    image_size = model_files.check_image_size(info, args.image_size)
     if multilabel:
         logger.info('multi-label model: one sigmoid probability per category')
     if args.bf16:
         # autocast runs faster on the unfrozen graph with channels-last weights
         model = model.to(memory_format=torch.channels_last)
     elif device.type == 'cpu':
-        model = train_utils.optimize_for_cpu(model)
+        model = model_files.optimize_for_cpu(model)
     crops, missing = list_crops(args.crops_dir, args.detections_json, args.threshold,
                                 args.detector_version)
     if args.classifier_categories:
         categories = utils.load_label_index(args.classifier_categories)
+        model_files.check_labels(info, categories, args.classifier_categories)
+    elif info is not None:
+        categories = list(info.labels)
     else:
         with torch.no_grad():
-            n = model(torch.zeros(1, 3, args.image_size, args.image_size, device=device)).shape[1]
+            n = model(torch.zeros(1, 3, image_size, image_size, device=device)).shape[1]
         categories = [str(i) for i in range(n)]
     for crop in missing[:20]:
         logger.warning('missing crop: %s', crop)
-    with train_utils.onednn_fusion(device.type == 'cpu' and not args.bf16):
-        df, bad = classify(model, args.crops_dir, crops, categories, args.image_size,
+    with model_files.onednn_fusion(device.type == 'cpu' and not args.bf16):
+        df, bad = classify(model, args.crops_dir, crops, categories, image_size,
                            args.batch_size, args.num_workers, device, args.bf16,
-                           multilabel)
+                           multilabel, info)
     for crop in bad[:20]:
         logger.warning('unreadable crop: %s', crop)
     utils.write_csv(df, args.output, float_format='%.6g')

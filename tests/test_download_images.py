@@ -6,7 +6,7 @@ import json
 import pytest
 
 from classification import utils
-from data_management.megadb import download_images
+from data_management.megadb import download_images, downloads
 from data_management.megadb.base import open_megadb
 from tests.conftest import read_json
 
@@ -47,11 +47,11 @@ def test_download_from_blob_and_local(tmp_path, azurite, fast_blob_retries, caps
 
 def test_json_lists(tmp_path):
     (tmp_path / 'q.json').write_text(json.dumps({'a/1.jpg': {}, 'b/2.jpg': {}}))
-    assert download_images.read_list('json', str(tmp_path / 'q.json'), 'file', 'download_id') \
+    assert downloads.read_list('json', str(tmp_path / 'q.json'), 'file', 'download_id') \
         == [('a/1.jpg', 'a/1.jpg'), ('b/2.jpg', 'b/2.jpg')]
     (tmp_path / 'l.json').write_text(json.dumps(
         [{'file': 'a/1.jpg', 'download_id': 'x.jpg'}, {'file': 'a/2.jpg'}]))
-    assert download_images.read_list('json', str(tmp_path / 'l.json'), 'file', 'download_id') \
+    assert downloads.read_list('json', str(tmp_path / 'l.json'), 'file', 'download_id') \
         == [('a/1.jpg', 'x.jpg'), ('a/2.jpg', 'a/2.jpg')]
     (tmp_path / 'bad.json').write_text(json.dumps([{'path': 'a/1.jpg'}]))
     assert utils.run_cli(lambda: download_images.main(

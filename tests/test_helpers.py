@@ -77,9 +77,9 @@ def test_mislabeled_candidates_by_margin_split_and_dataset(tmp_path, capsys):
     assert (tmp_path / 'mislabeled_candidates_test_ds1.txt').read_text() == 'ds1/loc/a.jpg\n'
     assert (tmp_path / 'mislabeled_candidates_val_ds3.txt').read_text() == 'ds3/e.jpg\n'
     # the -d list is what download_images txt reads
-    from data_management.megadb import download_images
-    assert download_images.read_list('txt', str(tmp_path / 'mislabeled_candidates_val_ds3.txt'),
-                                     'file', 'download_id') == [('ds3/e.jpg', 'ds3/e.jpg')]
+    from data_management.megadb import downloads
+    assert downloads.read_list('txt', str(tmp_path / 'mislabeled_candidates_val_ds3.txt'),
+                               'file', 'download_id') == [('ds3/e.jpg', 'ds3/e.jpg')]
 
 
 def test_mislabeled_candidates_of_a_trained_run(trained_run, tmp_path):

@@ -70,11 +70,11 @@ def test_missing_and_unreadable_crops_are_reported(project, new_crops, model_fil
 def test_bf16_agrees_with_float32(new_crops, model_files):
     import torch
 
-    from classification import train_utils
+    from classification.model_files import load_torchscript
     model, label_index = model_files
     labels = utils.load_label_index(label_index)
     crops = sorted(p.relative_to(new_crops).as_posix() for p in new_crops.rglob('*.jpg'))
-    ts = train_utils.load_torchscript(model, torch.device('cpu'))
+    ts = load_torchscript(model, torch.device('cpu'))
     a, _ = run_classifier.classify(ts, str(new_crops), crops, labels, 32, 8, 0,
                                    torch.device('cpu'))
     b, _ = run_classifier.classify(ts, str(new_crops), crops, labels, 32, 8, 0,

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from classification import utils
+from detection import detector as md
 from detection import run_detector_batch as rdb
 from tests.conftest import read_json
 
@@ -103,7 +104,7 @@ def test_threshold_failures_lists_and_validator(tmp_path, detector):
     a, broken = doc['images']
     assert [d['category'] for d in a['detections']] == ['1']     # person (0.45) dropped
     assert broken == {'file': str(tmp_path / 'img' / 'broken.jpg'),
-                      'failure': rdb.FAILURE_IMAGE_ACCESS, 'detections': None}
+                      'failure': md.FAILURE_IMAGE_ACCESS, 'detections': None}
     assert_valid_megadetector_output(tmp_path / 'o.json')
     # a folder, with paths joined to it; subfolders only with --recursive
     assert rdb.main([str(detector), str(tmp_path / 'img'), str(tmp_path / 'f.json'),
@@ -150,8 +151,8 @@ def test_checkpoints_and_resume(tmp_path, detector, monkeypatch):
     saved['images'][0]['detections'] = []             # proof that it was reused
     ckpt.write_text(json.dumps(saved))
     seen = []
-    real = rdb.detect_images
-    monkeypatch.setattr(rdb, 'detect_images',
+    real = md.detect_images
+    monkeypatch.setattr(md, 'detect_images',
                         lambda model, files, *a, **k: seen.extend(files) or real(model, files,
                                                                                  *a, **k))
     assert rdb.main([str(detector), str(tmp_path / 'img'), str(tmp_path / 'r.json'),
@@ -194,7 +195,7 @@ def test_letterbox_matches_opencv_resize():
     cv2 = pytest.importorskip('cv2')
     rng = np.random.default_rng(1)
     arr = rng.integers(0, 255, (300, 500, 3), dtype=np.uint8)
-    x, gain, pad = rdb.letterbox(torch.from_numpy(arr).permute(2, 0, 1), 256)
+    x, gain, pad = md.letterbox(torch.from_numpy(arr).permute(2, 0, 1), 256)
     assert x.shape == (1, 3, 256, 256) and gain == pytest.approx(256 / 500)
     ref = cv2.resize(arr, (256, 154), interpolation=cv2.INTER_LINEAR)
     ours = (x[0].permute(1, 2, 0).numpy() * 255).round().astype(int)
@@ -229,8 +230,8 @@ def test_detect_and_crop_runs_the_detector_and_caches(tmp_path, detector, monkey
                                                                   'ds/cam/a.jpg']
     log.unlink()
     calls = []
-    real_run = rdb.run
-    monkeypatch.setattr(rdb, 'run', lambda det, files, *a, **k: calls.append(list(files))
+    real_run = md.run
+    monkeypatch.setattr(md, 'run', lambda det, files, *a, **k: calls.append(list(files))
                         or real_run(det, files, *a, **k))
     run_args = [*args, '--run-detector', '--detector-file', str(detector),
                 '--detector-image-size', '256', '--resume-file', str(tmp_path / 'resume.json')]

@@ -1,4 +1,5 @@
-"""train_classifier, evaluate_model and train_utils (models, weights, TorchScript)."""
+"""train_classifier, evaluate_model and the training library (models, model files, metrics,
+crop data, training)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,16 @@ import pandas as pd
 import pytest
 import torch
 
-from classification import evaluate_model, train_classifier, train_utils, utils
+from classification import (
+    crop_data,
+    evaluate_model,
+    metrics,
+    model_files,
+    models,
+    train_classifier,
+    training,
+    utils,
+)
 from tests.conftest import read_json
 
 
@@ -25,12 +35,17 @@ def test_training_run_files(trained_run, base_logdir):
     out = pd.read_csv(trained_run / 'outputs_val.csv.gz')
     assert list(out.columns) == ['path', 'label', 'weight', *labels]
     np.testing.assert_allclose(out[labels].sum(axis=1), 1.0, atol=1e-4)
-    metrics = pd.read_csv(trained_run / 'overall_metrics.csv')
-    assert list(metrics.columns) == ['split', 'loss', 'acc_top1', 'acc_top3', 'loss_weighted',
-                                     'acc_weighted_top1', 'acc_weighted_top3']
-    val = metrics.set_index('split').loc['val']
-    acc = (out[labels].to_numpy().argmax(axis=1) == out['label'].map(labels.index)).mean()
-    assert val['acc_top1'] == pytest.approx(acc)
+    table = pd.read_csv(trained_run / 'overall_metrics.csv')
+    assert list(table.columns) == ['split', 'loss', 'loss_weighted', 'acc_top1', 'acc_top3',
+                                   'acc_weighted_top1', 'acc_weighted_top3']
+    val = table.set_index('split').loc['val']
+    hit = out[labels].to_numpy().argmax(axis=1) == out['label'].map(labels.index)
+    assert val['acc_top1'] == pytest.approx(100 * hit.mean())          # percent, as the original
+    # label-weighted: the weight column balances the labels of the split
+    w = out['weight'].to_numpy()
+    assert w.sum() == pytest.approx(len(out))
+    assert out.groupby('label')['weight'].sum().std() == pytest.approx(0, abs=1e-6)
+    assert val['acc_weighted_top1'] == pytest.approx(100 * (w * hit).sum() / w.sum())
     cms = np.load(trained_run / 'confusion_matrices.npz')
     assert cms['val'].sum() == len(out) and cms['val'].shape == (len(labels), len(labels))
 
@@ -39,11 +54,11 @@ def test_torchscript_export_matches_the_checkpoint(trained_run, base_logdir):
     (compiled,) = trained_run.glob('ckpt_*_compiled.pt')
     ckpt = compiled.with_name(compiled.name.replace('_compiled', ''))
     labels = utils.load_label_index(base_logdir / 'label_index.json')
-    model = train_utils.build_model('resnet18', len(labels))
-    state, _ = train_utils.checkpoint_state_dict(ckpt)
+    model = models.build_model('resnet18', len(labels))
+    state, _ = model_files.checkpoint_state_dict(ckpt)
     model.load_state_dict(state)
     model.eval()
-    scripted = train_utils.load_torchscript(compiled, torch.device('cpu'))
+    scripted = model_files.load_torchscript(compiled, torch.device('cpu'))
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model(x), rtol=1e-4, atol=1e-5)
@@ -54,13 +69,14 @@ def test_resume_continues_from_the_last_epoch(trained_run, base_logdir, tmp_path
     run = tmp_path / 'run'
     shutil.copytree(trained_run, run)
     params = read_json(run / 'params.json')
-    assert train_classifier.main([str(base_logdir), params['cropped_images_dir'],
-                                  '--resume', str(run), '--epochs', '3',
+    assert train_classifier.main([str(base_logdir), str(base_logdir.parent / 'crops'),
+                                  '--resume', str(run), '--add-epochs', '1',
                                   '--num-workers', '0']) == 0
     err = capsys.readouterr().err
     assert "resuming" in err and "at epoch 2" in err
     last = torch.load(run / 'ckpt_last.pt', weights_only=True)
-    assert last['epoch'] == 2
+    assert last['state']['epoch'] == 3 and last['state']['epochs'] == 3
+    assert read_json(run / 'params.json') == params          # never rewritten
 
 
 def test_evaluate_model_with_checkpoint_and_torchscript(trained_run, tmp_path):
@@ -85,8 +101,10 @@ def test_evaluate_model_target_mapping(trained_run, base_logdir, tmp_path):
     """A 'classifier with other labels': each dataset label split into two model labels."""
     labels = utils.load_label_index(base_logdir / 'label_index.json')
     model_labels = [f'{lab}_{k}' for lab in labels for k in (1, 2)]
-    model = train_utils.build_model('resnet18', len(model_labels))
-    ts = train_utils.export_torchscript(model, 'resnet18', 32, tmp_path / 'other_compiled.pt')
+    model = models.build_model('resnet18', len(model_labels))
+    ts = model_files.export_torchscript(
+        model, model_files.ClassifierInfo('resnet18', 32, tuple(model_labels)),
+        tmp_path / 'other_compiled.pt')
     (tmp_path / 'li.json').write_text(json.dumps(utils.label_index_dict(model_labels)))
     (tmp_path / 'map.json').write_text(json.dumps(
         {lab: [f'{lab}_1', f'{lab}_2'] for lab in labels}))
@@ -99,19 +117,20 @@ def test_evaluate_model_target_mapping(trained_run, base_logdir, tmp_path):
 
 
 def test_efficientnet_trace_matches_eager(tmp_path):
-    model = train_utils.build_model('efficientnet-b0', 4).eval()
-    path = train_utils.export_torchscript(model, 'efficientnet-b0', 64, tmp_path / 'e.pt')
-    assert train_utils.is_torchscript_file(path)
-    scripted = train_utils.load_torchscript(path, torch.device('cpu'))
+    model = models.build_model('efficientnet-b0', 4).eval()
+    path = model_files.export_torchscript(
+        model, model_files.ClassifierInfo('efficientnet-b0', 64, tuple('abcd')), tmp_path / 'e.pt')
+    assert model_files.is_torchscript_file(path)
+    scripted = model_files.load_torchscript(path, torch.device('cpu'))
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model(x), rtol=1e-4, atol=1e-5)
 
 
 def test_pretrained_from_a_checkpoint_file_skips_the_final_layer(tmp_path):
-    donor = train_utils.build_model('resnet18', 7)
+    donor = models.build_model('resnet18', 7)
     torch.save({'model': donor.state_dict(), 'epoch': 3}, tmp_path / 'donor.pt')
-    model = train_utils.build_model('resnet18', 3, str(tmp_path / 'donor.pt'))
+    model = models.build_model('resnet18', 3, str(tmp_path / 'donor.pt'))
     torch.testing.assert_close(model.conv1.weight, donor.conv1.weight)
     assert model.fc.out_features == 3
 
@@ -125,7 +144,7 @@ def test_imagenet_weights_come_from_the_hub_cache(tmp_path, monkeypatch):
     reference = torchvision.models.resnet18()
     (tmp_path / 'hub' / 'checkpoints').mkdir(parents=True)
     torch.save(reference.state_dict(), tmp_path / 'hub' / 'checkpoints' / filename)
-    model = train_utils.build_model('resnet18', 5, True)
+    model = models.build_model('resnet18', 5, True)
     torch.testing.assert_close(model.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
     assert model.fc.out_features == 5
 
@@ -140,36 +159,37 @@ def test_missing_imagenet_weights_explain_the_hub_cache(tmp_path, monkeypatch):
         raise urllib.error.URLError('no network')
     monkeypatch.setattr(torch.hub, 'download_url_to_file', offline)
     with pytest.raises(utils.InputError, match='hub/checkpoints/resnet18-'):
-        train_utils.build_model('resnet18', 5, True)
+        models.build_model('resnet18', 5, True)
     assert torchvision.models.ResNet18_Weights.DEFAULT.url
 
 
 def test_load_torchscript_refuses_a_plain_checkpoint(tmp_path):
     torch.save({'model': {}}, tmp_path / 'c.pt')
     with pytest.raises(utils.InputError, match='not a TorchScript'):
-        train_utils.load_torchscript(tmp_path / 'c.pt', torch.device('cpu'))
+        model_files.load_torchscript(tmp_path / 'c.pt', torch.device('cpu'))
 
 
 def test_weights_by_detection_conf(tmp_path):
-    df = pd.DataFrame({'confidence': [0.2, 0.5, 1.0]})
-    np.testing.assert_allclose(train_classifier.example_weights(df, False), 1.0)
-    np.testing.assert_allclose(train_classifier.example_weights(df, True), [0.2, 0.5, 1.0])
+    conf = np.array([0.2, 0.5, 1.0])
+    np.testing.assert_allclose(training.detection_conf_weights(conf, True), [0.2, 0.5, 1.0])
     np.savez(tmp_path / 'cal.npz', x=np.array([0.0, 1.0]), y=np.array([0.0, 0.5]))
-    np.testing.assert_allclose(train_classifier.example_weights(df, str(tmp_path / 'cal.npz')),
+    np.testing.assert_allclose(training.detection_conf_weights(conf, str(tmp_path / 'cal.npz')),
                                [0.1, 0.25, 0.5])
 
 
-def test_label_sampler_balances_labels():
+def test_label_balanced_sampler_balances_labels():
     labels = np.array([0] * 90 + [1] * 10)
-    sampler = train_classifier.label_sampler(labels, torch.Generator().manual_seed(0))
-    drawn = labels[list(sampler)]
+    w = crop_data.label_balance_weights(labels, 2)
+    assert w.sum() == pytest.approx(100) and w[0] == pytest.approx(100 / (2 * 90))
+    sampler = crop_data.EpochSampler(100, seed=0, weights=w)
+    drawn = labels[[row for row, _ in sampler]]
     assert 0.35 < drawn.mean() < 0.65
 
 
 def test_metrics_from_probs():
     probs = np.array([[0.7, 0.2, 0.1, 0.0], [0.1, 0.2, 0.3, 0.4], [0.25, 0.25, 0.5, 0.0]])
     y = np.array([0, 0, 1])
-    r = train_utils.metrics_from_probs(probs, y, np.array([1.0, 1.0, 2.0]))
+    r = metrics.metrics_from_probs(probs, y, np.array([1.0, 1.0, 2.0]))
     assert r.acc_top1 == pytest.approx(1 / 3)
     assert r.acc_top3 == pytest.approx(2 / 3)
     assert r.acc_weighted_top1 == pytest.approx(1 / 4)
@@ -179,11 +199,13 @@ def test_metrics_from_probs():
 def test_label_stats():
     y_true = np.array([0, 0, 1, 1, 2])
     y_pred = np.array([0, 1, 1, 1, 0])
-    cm, stats = train_utils.label_stats(y_true, y_pred, ['a', 'b', 'c', 'd'], 'val')
+    cm, stats = metrics.label_stats(y_true, y_pred, ['a', 'b', 'c', 'd'], 'val')
     assert cm.tolist() == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
     assert stats['precision'].tolist()[:2] == [0.5, pytest.approx(2 / 3)]
     assert stats['recall'].tolist()[:3] == [0.5, 1.0, 0.0]
-    assert np.isnan(stats['recall'].iloc[3]) and np.isnan(stats['precision'].iloc[3])
+    # the original's zero-division values: never predicted -> precision 0; absent -> recall NaN
+    assert stats['precision'].iloc[2] == 0 and stats['precision'].iloc[3] == 0
+    assert np.isnan(stats['recall'].iloc[3])
 
 
 @pytest.mark.parametrize('image_size', [96, 224])
@@ -194,25 +216,30 @@ def test_batch_normalization_equals_per_image_transform(image_size):
     rng = np.random.default_rng(image_size)
     imgs = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
             for h, w in ((120, 90), (300, 500), (image_size, image_size), (50, 400))]
-    per_image = torch.stack([train_utils.eval_transform(image_size)(im) for im in imgs])
-    pixels = torch.stack([train_utils.eval_pixels(image_size)(im) for im in imgs])
+    from torchvision import transforms as T
+    eval_transform = T.Compose([
+        T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(image_size), T.ToTensor(),
+        T.Normalize(model_files.IMAGENET_MEAN, model_files.IMAGENET_STD)])
+    per_image = torch.stack([eval_transform(im) for im in imgs])
+    pixels = torch.stack([crop_data.eval_pixels(image_size)(im) for im in imgs])
     assert pixels.dtype == torch.uint8 and pixels.shape == (4, image_size, image_size, 3)
-    batch = train_utils.to_model_input(pixels, torch.device('cpu'))
+    batch = crop_data.to_model_input(pixels, torch.device('cpu'))
     assert torch.equal(batch, per_image)
     assert batch.is_contiguous(memory_format=torch.channels_last)
-    floats = train_utils.to_model_input(per_image, torch.device('cpu'))
+    floats = crop_data.to_model_input(per_image, torch.device('cpu'))
     assert torch.equal(floats, per_image)
     assert floats.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_prefetch_keeps_order_raises_and_stops():
-    assert list(train_utils.prefetch(iter(range(50)), depth=2)) == list(range(50))
+    assert list(crop_data.prefetch(iter(range(50)), depth=2)) == list(range(50))
 
     def broken():
         yield 1
         raise ValueError('bad batch')
     with pytest.raises(ValueError, match='bad batch'):
-        list(train_utils.prefetch(broken()))
+        list(crop_data.prefetch(broken()))
 
     produced = []
 
@@ -222,7 +249,7 @@ def test_prefetch_keeps_order_raises_and_stops():
             produced.append(i)
             yield i
             i += 1
-    it = train_utils.prefetch(endless(), depth=2)
+    it = crop_data.prefetch(endless(), depth=2)
     assert [next(it) for _ in range(3)] == [0, 1, 2]
     it.close()                          # the consumer stops early: the thread ends
     n = len(produced)
@@ -235,12 +262,12 @@ def test_extreme_examples_selection():
     true = np.array([0, 0, 0, 1, 1, 2, 0])
     pred = np.array([0, 0, 1, 0, 1, 0, 2])
     conf = np.array([0.6, 0.9, 0.8, 0.95, 0.7, 0.5, 0.4])
-    ex = train_utils.extreme_examples(true, pred, conf, 0, 2)
+    ex = metrics.extreme_examples(true, pred, conf, 0, 2)
     assert ex['tp'].tolist() == [1, 0]          # most confident first
     assert ex['fp'].tolist() == [3, 5]          # predicted 0, truly 1 and 2
     assert ex['fn'].tolist() == [2, 6]          # truly 0, predicted 1 and 2
-    assert train_utils.extreme_examples(true, pred, conf, 0, 1)['fp'].tolist() == [3]
-    assert all(len(v) == 0 for v in train_utils.extreme_examples(
+    assert metrics.extreme_examples(true, pred, conf, 0, 1)['fp'].tolist() == [3]
+    assert all(len(v) == 0 for v in metrics.extreme_examples(
         true, pred, conf, 5, 3).values())
 
 
@@ -258,20 +285,28 @@ def test_log_extreme_examples_writes_images_and_tables(base_logdir, tmp_path):
     labels = list(utils.load_label_index(base_logdir / 'label_index.json'))
     for split in ('train', 'val'):
         assert any(t.startswith(f'{split}/') for t in image_tags), image_tags
-    for tag in image_tags:
+    # item 10: a confusion-matrix image per split, per-label recall, the lr as trained
+    assert {'confusion_matrix/train', 'confusion_matrix/val'} <= set(image_tags)
+    scalars = acc.Tags()['scalars']
+    assert {f'val/label_recall/{lab}' for lab in labels} <= set(scalars)
+    (lr,) = acc.Scalars('lr')
+    assert lr.step == 0 and lr.value == pytest.approx(1e-3)       # epoch 0's own rate
+    assert acc.Scalars('val/acc_top1')[0].value > 1                # percent
+    for tag in [t for t in image_tags if not t.startswith('confusion_matrix/')]:
         split, label, kind = tag.split('/')
         assert split in ('train', 'val', 'test') and label in labels
         assert kind in ('tp', 'fp', 'fn')
         (event,) = acc.Images(tag)
         assert event.step == 0 and event.height == 32 and event.width in (32, 64)  # 1-2 crops
     texts = acc.Tags()['tensors']
-    assert set(t.replace('/text_summary', '') for t in texts) >= set(image_tags)
+    assert set(t.replace('/text_summary', '') for t in texts) >= {
+        t for t in image_tags if not t.startswith('confusion_matrix/')}
 
 
 def test_multilabel_metrics_from_probs():
     probs = np.array([[0.9, 0.8, 0.1], [0.2, 0.7, 0.6], [0.1, 0.2, 0.3]])
-    y = train_utils.multi_hot([(0, 1), (2,), (0,)], 3)
-    res = train_utils.metrics_from_probs(probs, y, np.ones(3))
+    y = metrics.multi_hot([(0, 1), (2,), (0,)], 3)
+    res = metrics.metrics_from_probs(probs, y, np.ones(3))
     assert res.acc_top1 == pytest.approx(1 / 3)         # only row 0: top class 0 is true
     assert res.acc_top3 == pytest.approx(1.0)
     pc = np.clip(probs, 1e-12, 1 - 1e-12)
@@ -317,11 +352,11 @@ def test_multilabel_training_outputs(multilabel_run):
     cms = np.load(run / 'confusion_matrices.npz')
     assert cms['val'].shape == (len(labels), 2, 2) and (cms['val'].sum(axis=(1, 2)) ==
                                                         len(out)).all()
-    metrics = pd.read_csv(run / 'overall_metrics.csv').set_index('split')
+    table = pd.read_csv(run / 'overall_metrics.csv').set_index('split')
     true_sets = [set(v.split(',')) for v in out['label']]
     top = [labels[i] for i in probs.argmax(axis=1)]
     hit = np.mean([t in s for t, s in zip(top, true_sets, strict=True)])
-    assert metrics.loc['val', 'acc_top1'] == pytest.approx(hit)
+    assert table.loc['val', 'acc_top1'] == pytest.approx(100 * hit)
 
 
 def test_multilabel_torchscript_run_classifier_and_evaluate(multilabel_run, trained_run,
@@ -331,9 +366,9 @@ def test_multilabel_torchscript_run_classifier_and_evaluate(multilabel_run, trai
     from classification import run_classifier
     run, data, labels = multilabel_run
     (compiled,) = run.glob('ckpt_*_compiled.pt')
-    assert train_utils.load_torchscript_info(compiled, torch.device('cpu'))[1] is True
+    assert model_files.load_classifier(compiled, torch.device('cpu'))[2] is True
     (single,) = trained_run.glob('ckpt_*_compiled.pt')
-    assert train_utils.load_torchscript_info(single, torch.device('cpu'))[1] is False
+    assert model_files.load_classifier(single, torch.device('cpu'))[2] is False
     # run_classifier gives the same sigmoid probabilities as the run's evaluation
     out = pd.read_csv(run / 'outputs_val.csv.gz')
     crops = base_logdir.parent / 'crops'

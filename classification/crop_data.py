@@ -1,0 +1,418 @@
+"""Crops as model input: the dataset tables per split, decoding, augmentation,
+datasets, samplers and loaders.
+
+Training augmentation draws its random parameters from a generator seeded per
+crop and epoch (``EpochSampler`` hands each crop its seed), never from torch's
+global random state: a run resumed in the middle of an epoch sees exactly the
+crops and augmentations an uninterrupted run would, whatever the number of
+data-loading workers.
+"""
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as F
+
+from classification import utils
+from classification.cropping import to_rgb
+from classification.model_files import IMAGENET_MEAN, IMAGENET_STD
+
+T_co = TypeVar('T_co')
+SPLITS = ('train', 'val', 'test')
+
+
+# ---------------------------------------------------------------- the dataset table
+
+def load_split_frames(dataset_dir: str | os.PathLike[str], labels: Sequence[str],
+                      splits: Sequence[str], multilabel: bool = False
+                      ) -> dict[str, pd.DataFrame]:
+    """Rows of classification_ds.csv per split (by location), with label_idx and
+    confidence.
+
+    ``multilabel``: labels are comma-separated lists; ``label_set`` holds their
+    indices and ``label_idx`` the first (for sampling by label).
+    """
+    base = Path(dataset_dir)
+    df = utils.read_csv(base / 'classification_ds.csv', dtype={'location': str, 'dataset': str,
+                                                               'label': str, 'path': str})
+    missing = {'path', 'dataset', 'location', 'label'} - set(df.columns)
+    if missing:
+        raise utils.InputError(f'{base}/classification_ds.csv: missing columns '
+                               f'{sorted(missing)}')
+    split_locs = read_splits(base / 'splits.json')
+    label_to_idx = {name: i for i, name in enumerate(labels)}
+    if multilabel:
+        parts = df['label'].str.split(',')
+        unknown = sorted({lab for p in parts for lab in p} - set(label_to_idx))
+        if unknown:
+            raise utils.InputError(f'{base}/classification_ds.csv: labels {unknown} are not in '
+                                   'the label index')
+        df['label_set'] = [tuple(label_to_idx[lab] for lab in p) for p in parts]
+        df['label_idx'] = [s[0] for s in df['label_set']]
+    else:
+        unknown = sorted(set(df['label']) - set(label_to_idx))
+        if unknown:
+            raise utils.InputError(f'{base}/classification_ds.csv: labels {unknown} are not in '
+                                   'the label index (multi-label rows need --multilabel)')
+        df['label_idx'] = df['label'].map(label_to_idx).astype(int)
+    if 'confidence' not in df.columns:
+        df['confidence'] = 1.0
+    conf = pd.to_numeric(df['confidence'], errors='coerce').to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(conf) | (conf < 0) | (conf > 1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise utils.InputError(f'{base}/classification_ds.csv: confidence of '
+                               f'{df["path"].iloc[row]!r} is {df["confidence"].iloc[row]!r}; '
+                               'it must be a number from 0 to 1')
+    df['confidence'] = conf
+    keys = pd.Series(list(zip(df['dataset'], df['location'], strict=True)), index=df.index)
+    out = {}
+    for split in splits:
+        locs = {(d, loc) for d, loc in split_locs.get(split, [])}
+        out[split] = df[keys.isin(locs)].reset_index(drop=True)
+    return out
+
+
+def read_splits(path: Path) -> dict[str, list[tuple[str, str]]]:
+    """splits.json as {split: [(dataset, location), ...]}, checked."""
+    raw = utils.read_json(path)
+    if not isinstance(raw, dict):
+        raise utils.InputError(f'{path}: expected {{"train": [[dataset, location], ...], ...}}')
+    out: dict[str, list[tuple[str, str]]] = {}
+    for split, locs in raw.items():
+        if split not in SPLITS or not isinstance(locs, list) or not all(
+                isinstance(x, list) and len(x) == 2 for x in locs):
+            raise utils.InputError(f'{path}: {split!r} must be one of {list(SPLITS)} with a '
+                                   'list of [dataset, location] pairs')
+        out[split] = [(str(d), str(loc)) for d, loc in locs]
+    return out
+
+
+def label_balance_weights(label_idx: np.ndarray, num_labels: int) -> np.ndarray:
+    """1 / (crops of the crop's label) x (labels present) / (crops): every label gets the
+    same total weight and the weights average 1."""
+    counts = np.bincount(label_idx, minlength=num_labels).astype(np.float64)
+    present = int((counts > 0).sum())
+    with np.errstate(divide='ignore'):
+        w = 1.0 / counts[label_idx]
+    return w * len(label_idx) / max(present, 1)
+
+
+# ---------------------------------------------------------------- pixels
+
+def open_crop(path: Path, image_size: int) -> Image.Image:
+    """Decodes a crop as RGB, letting libjpeg downscale (draft mode) while the
+    result stays at least ``image_size`` on both sides."""
+    with Image.open(path) as img:
+        if img.format == 'JPEG':
+            img.draft('RGB', (image_size, image_size))
+        img.load()
+        return to_rgb(img)
+
+
+def _hwc_uint8(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(img, dtype=np.uint8))
+
+
+def eval_pixels(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
+    """The evaluation transform, as the original pipeline (and so MegaClassifier)
+    expects: the shorter side resized to ``image_size`` (bicubic), then a centred
+    square crop; returned as an HWC uint8 tensor, 4x smaller to batch and move
+    than floats. ``to_model_input`` scales and normalizes whole batches with the
+    same float operations as ToTensor + Normalize (identical values)."""
+    def pixels(img: Image.Image) -> torch.Tensor:
+        img = F.resize(img, image_size, interpolation=InterpolationMode.BICUBIC)
+        return _hwc_uint8(F.center_crop(img, [image_size, image_size]))
+
+    return pixels
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Training augmentation, applied in this order: random resized crop,
+    rotation, horizontal and vertical flips, grayscale, colour jitter (brightness,
+    contrast, saturation, hue in a random order, as torchvision's ColorJitter)."""
+    scale: tuple[float, float] = (0.6, 1.0)
+    ratio: tuple[float, float] = (0.8, 1.25)
+    rotation: float = 0.0            # degrees, uniform in [-rotation, rotation]
+    hflip: float = 0.5
+    vflip: float = 0.0
+    grayscale: float = 0.0
+    brightness: float = 0.25
+    contrast: float = 0.25
+    saturation: float = 0.0
+    hue: float = 0.0
+
+
+DEFAULT_AUGMENTATION = Augmentation()
+# the original pipeline's training transform
+ORIGINAL_AUGMENTATION = Augmentation(scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), rotation=90.0,
+                                     hflip=0.5, vflip=0.1, grayscale=0.1, brightness=0.25,
+                                     contrast=0.25, saturation=0.25, hue=0.0)
+
+
+def _uniform(g: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=g))
+
+
+def _crop_params(g: torch.Generator, width: int, height: int, scale: tuple[float, float],
+                 ratio: tuple[float, float]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a random resized crop (torchvision's rule)."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * _uniform(g, *scale)
+        aspect = math.exp(_uniform(g, *log_ratio))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (), generator=g))
+            left = int(torch.randint(0, width - w + 1, (), generator=g))
+            return top, left, h, w
+    in_ratio = width / height       # fallback: the central crop within the ratio range
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        h, w = height, round(height * ratio[1])
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def augment_pixels(image_size: int, aug: Augmentation
+                   ) -> Callable[[Image.Image, torch.Generator], torch.Tensor]:
+    """The training transform: PIL image and generator -> HWC uint8 tensor."""
+    def pixels(img: Image.Image, g: torch.Generator) -> torch.Tensor:
+        top, left, h, w = _crop_params(g, img.width, img.height, aug.scale, aug.ratio)
+        img = F.resized_crop(img, top, left, h, w, [image_size, image_size],
+                             interpolation=InterpolationMode.BILINEAR, antialias=True)
+        if aug.rotation:
+            img = F.rotate(img, _uniform(g, -aug.rotation, aug.rotation))
+        if aug.hflip and float(torch.rand((), generator=g)) < aug.hflip:
+            img = F.hflip(img)
+        if aug.vflip and float(torch.rand((), generator=g)) < aug.vflip:
+            img = F.vflip(img)
+        if aug.grayscale and float(torch.rand((), generator=g)) < aug.grayscale:
+            img = F.rgb_to_grayscale(img, num_output_channels=3)
+        jitter = {0: (aug.brightness, F.adjust_brightness), 1: (aug.contrast, F.adjust_contrast),
+                  2: (aug.saturation, F.adjust_saturation)}
+        for k in torch.randperm(4, generator=g).tolist():
+            if k == 3:
+                if aug.hue:
+                    img = F.adjust_hue(img, _uniform(g, -aug.hue, aug.hue))
+                continue
+            amount, fn = jitter[k]
+            if amount:
+                img = fn(img, _uniform(g, max(0.0, 1 - amount), 1 + amount))
+        return _hwc_uint8(img)
+
+    return pixels
+
+
+def to_model_input(x: torch.Tensor, device: torch.device,
+                   mean: Sequence[float] = IMAGENET_MEAN,
+                   std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """A loader batch as float NCHW in channels-last layout on ``device``.
+
+    uint8 NHWC batches are scaled to [0, 1] and normalized here; float NCHW
+    batches are only moved and laid out channels-last.
+    """
+    x = x.to(device, non_blocking=True)
+    if x.dtype == torch.uint8:
+        # NHWC permuted to NCHW is already channels-last; .float() keeps the strides
+        x = x.permute(0, 3, 1, 2).float().div_(255)
+        m = torch.tensor(mean, dtype=x.dtype, device=device).view(1, 3, 1, 1)
+        s = torch.tensor(std, dtype=x.dtype, device=device).view(1, 3, 1, 1)
+        return x.sub_(m).div_(s)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------- datasets and sampling
+
+class CropDataset(Dataset[tuple[torch.Tensor, Any, float, int]]):
+    """(HWC uint8 image, label, weight, row index) for each crop.
+
+    Keys are row indices (evaluation, with ``pixels``) or, for training, the
+    (row, seed) pairs of an ``EpochSampler`` (with ``augment``). The label is
+    its index, or with ``num_classes`` (multi-label) a 0/1 float vector built
+    from a sequence of label indices. A crop that cannot be read gives a
+    placeholder image and label -1 (all -1 when multi-label); callers drop such
+    rows and report them.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], paths: Sequence[str],
+                 labels: Sequence[Any] | None, weights: Sequence[float] | None,
+                 image_size: int,
+                 pixels: Callable[[Image.Image], torch.Tensor] | None = None,
+                 augment: Callable[[Image.Image, torch.Generator], torch.Tensor] | None = None,
+                 num_classes: int | None = None) -> None:
+        self.root = Path(root)
+        self.paths = list(paths)
+        self.labels: list[Any] = list(labels) if labels is not None else [0] * len(self.paths)
+        self.weights = list(weights) if weights is not None else [1.0] * len(self.paths)
+        self.image_size = image_size
+        self.pixels = pixels or eval_pixels(image_size)
+        self.augment = augment
+        self.num_classes = num_classes
+
+    def _label(self, i: int, readable: bool) -> Any:
+        if self.num_classes is None:
+            return self.labels[i] if readable else -1
+        target = torch.zeros(self.num_classes) if readable else -torch.ones(self.num_classes)
+        if readable:
+            target[list(self.labels[i])] = 1.0
+        return target
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, Any, float, int]:
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        try:
+            img = open_crop(self.root / self.paths[i], self.image_size)
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+            blank = torch.zeros(self.image_size, self.image_size, 3, dtype=torch.uint8)
+            return blank, self._label(i, False), 0.0, i
+        if self.augment is not None and seed is not None:
+            x = self.augment(img, torch.Generator().manual_seed(seed))
+        else:
+            x = self.pixels(img)
+        return x, self._label(i, True), self.weights[i], i
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """This rank's share of one epoch's sample of the training rows.
+
+    The epoch's sample is drawn from a generator seeded by (seed, epoch): a
+    shuffle of every row, or with ``weights`` as many rows drawn with
+    replacement in proportion to them. Rank r of w takes positions r, r+w,
+    r+2w... (the sample is padded by repeating its start, so every rank gets
+    the same number), so ranks draw disjoint shares of one sample. Each position
+    yields (row, seed of that crop's augmentation). ``set_epoch(epoch, start)``
+    chooses the epoch and skips the first ``start`` positions of this rank's
+    share (a run resumed mid-epoch).
+    """
+
+    def __init__(self, num_rows: int, seed: int, weights: np.ndarray | None = None,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.num_rows, self.seed, self.rank, self.world_size = num_rows, seed, rank, world_size
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def share_size(self) -> int:
+        return math.ceil(self.num_rows / self.world_size)
+
+    def epoch_share(self) -> list[tuple[int, int]]:
+        g = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
+        if self.weights is None:
+            rows = torch.randperm(self.num_rows, generator=g)
+        else:
+            rows = torch.multinomial(self.weights, self.num_rows, replacement=True, generator=g)
+        seeds = torch.randint(0, 2**62, (self.num_rows,), generator=g)
+        total = self.share_size() * self.world_size
+        pad = total - self.num_rows
+        if pad:
+            rows, seeds = torch.cat([rows, rows[:pad]]), torch.cat([seeds, seeds[:pad]])
+        mine = slice(self.rank, total, self.world_size)
+        return list(zip(rows[mine].tolist(), seeds[mine].tolist(), strict=True))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self.epoch_share()[self.start:])
+
+    def __len__(self) -> int:
+        return max(self.share_size() - self.start, 0)
+
+
+class ShardSampler(Sampler[int]):
+    """Rows rank, rank + world_size, ... in order: each row on exactly one rank."""
+
+    def __init__(self, num_rows: int, rank: int = 0, world_size: int = 1) -> None:
+        self.rows = range(rank, num_rows, world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def make_loader(ds: CropDataset, batch_size: int, num_workers: int, device: torch.device,
+                sampler: Sampler[Any] | None = None, persistent: bool = True,
+                ) -> DataLoader[tuple[torch.Tensor, Any, float, int]]:
+    """Batches in the sampler's order (default: every row in order). The loader's
+    own generator is fixed, so making an iterator never draws from torch's global
+    random state (which the model's dropout uses)."""
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(0),
+                      pin_memory=device.type == 'cuda',
+                      persistent_workers=persistent and num_workers > 0)
+
+
+def readable(y: torch.Tensor) -> torch.Tensor:
+    """Rows of a label batch whose crop could be read (CropDataset marks the others
+    with label -1, or all -1 for multi-label rows)."""
+    return (y >= 0).all(dim=1) if y.ndim == 2 else y >= 0
+
+
+def prefetch(items: Iterable[T_co], depth: int = 2) -> Iterator[T_co]:
+    """Iterates ``items`` on a background thread, ``depth`` items ahead.
+
+    With in-process data loading (--num-workers 0), crops of the next batch are
+    decoded and resized (Pillow releases the GIL) while the model runs.
+    Exceptions of the background thread are raised here.
+    """
+    q: queue.Queue[tuple[bool, Any]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put((True, item))
+            q.put((False, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put((False, e))
+
+    thread = threading.Thread(target=work, name='prefetch', daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():      # unblock a producer waiting on a full queue
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+
+
+def batches(loader: DataLoader[Any]) -> Iterable[Any]:
+    """The loader's batches, read ahead on a thread when it has no worker processes."""
+    return loader if loader.num_workers > 0 else prefetch(loader)

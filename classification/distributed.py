@@ -1,0 +1,103 @@
+"""torch.distributed for the steps that run under ``torchrun``.
+
+``torchrun --nproc_per_node N -m classification.train_classifier ...`` starts N
+processes with RANK, WORLD_SIZE and LOCAL_RANK set; ``Dist.from_env()`` joins
+them into one process group (nccl on CUDA, gloo on CPU). Without those
+variables (plain ``python -m ...``) it is a single process and every method
+here is a no-op.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from classification import utils
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device('cpu')
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @staticmethod
+    def from_env(device: torch.device) -> Dist:
+        """Joins the process group when started by torchrun; ``device`` is the
+        device asked for (a CUDA device becomes this process's LOCAL_RANK GPU)."""
+        world = int(os.environ.get('WORLD_SIZE', '1'))
+        if world <= 1:
+            return Dist(device=device)
+        try:
+            rank, local = int(os.environ['RANK']), int(os.environ['LOCAL_RANK'])
+        except (KeyError, ValueError) as e:
+            raise utils.InputError('WORLD_SIZE is set but RANK/LOCAL_RANK are not: start '
+                                   'several processes with torchrun') from e
+        if device.type == 'cuda':
+            device = torch.device('cuda', local)
+            torch.cuda.set_device(device)
+            backend = 'nccl'
+        else:
+            backend = 'gloo'
+            local_world = int(os.environ.get('LOCAL_WORLD_SIZE', world))
+            if 'OMP_NUM_THREADS' not in os.environ:
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        if not dist.is_initialized():
+            dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        logger.info('process %d of %d (%s, %s)', rank, world, backend, device)
+        return Dist(rank, world, local, device)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (JSON-like values)."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def sum_(self, array: np.ndarray) -> np.ndarray:
+        """The element-wise sum of ``array`` over ranks (float64 or float32)."""
+        if not self.enabled:
+            return array
+        t = torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.cpu().numpy()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is true on one."""
+        if not self.enabled:
+            return flag
+        return bool(self.sum_(np.array([float(flag)]))[0] > 0)
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
