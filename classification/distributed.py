@@ -98,6 +98,13 @@ class Dist:
             return flag
         return bool(self.sum_(np.array([float(flag)]))[0] > 0)
 
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        """Rank 0's buffers (batch-norm statistics) on every rank: DDP syncs them at the
+        start of each training step, so after the last step they differ slightly."""
+        if self.enabled:
+            for buf in model.buffers():
+                dist.broadcast(buf.data, src=0)
+
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()

@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--checkpoint-every', type=utils.nonneg_int, default=0, metavar='N',
                         help='also write ckpt_last.pt every N batches, so a kill loses at most '
                              'N batches (default: 0, at the end of each epoch only)')
+    parser.add_argument('--recompute-activations', action='store_true',
+                        help='keep only each block\'s input for the backward pass and '
+                             'recompute the rest there: about 60%% less activation memory, '
+                             'about a third more time per training step; same results')
     parser.add_argument('--resume', metavar='RUN_DIR',
                         help='continue the run in RUN_DIR where it stopped, with its own '
                              'settings')
@@ -125,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # flags a resumed run may set: they say how to run, not what to train
 RESUME_FLAGS = {'dataset_dir', 'cropped_images_dir', 'num_workers', 'device',
-                'checkpoint_every', 'resume', 'add_epochs', 'logdir'}
+                'checkpoint_every', 'resume', 'add_epochs', 'logdir', 'recompute_activations'}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, set[str]]:
@@ -162,7 +166,8 @@ def new_config(args: argparse.Namespace) -> TrainConfig:
         image_size=args.image_size or models.default_image_size(args.model_name),
         patience=args.patience, amp=args.amp, log_extreme_examples=args.log_extreme_examples,
         num_workers=args.num_workers, device=args.device,
-        checkpoint_every=args.checkpoint_every, logdir=args.logdir).checked()
+        checkpoint_every=args.checkpoint_every, logdir=args.logdir,
+        recompute_activations=args.recompute_activations).checked()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -177,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = training.run_config(run_dir).with_runtime(
                 dataset_dir=args.dataset_dir, cropped_images_dir=args.cropped_images_dir,
                 num_workers=args.num_workers, device=args.device,
-                checkpoint_every=args.checkpoint_every)
+                checkpoint_every=args.checkpoint_every,
+                recompute_activations=args.recompute_activations)
         else:
             config = new_config(args)
         prepared = training.prepare(config, dist.device)

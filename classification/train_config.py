@@ -18,7 +18,7 @@ from classification import models, utils
 RECIPES = ('default', 'original')
 AMP_CHOICES = ('auto', 'bf16', 'fp16')
 RUNTIME_FIELDS = frozenset({'dataset_dir', 'cropped_images_dir', 'num_workers', 'device',
-                            'checkpoint_every', 'logdir'})
+                            'checkpoint_every', 'logdir', 'recompute_activations'})
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class TrainConfig:
     num_workers: int = 8
     device: str | None = None
     checkpoint_every: int = 0              # batches; 0: at the end of each epoch only
+    recompute_activations: bool = False    # activation checkpointing (less memory)
     logdir: str = '.'
 
     def to_params(self) -> dict[str, Any]:

@@ -387,6 +387,8 @@ class Trainer:
         self.device = prepared.device
         self.labels = prepared.labels
         self.model = prepared.model.to(self.device).to(memory_format=torch.channels_last)
+        if self.config.recompute_activations:
+            models.recompute_activations(self.model)
         self.optimizer = make_optimizer(self.config, self.model)
         self.amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(prepared.amp or '')
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=prepared.amp == 'fp16')
@@ -413,7 +415,8 @@ class Trainer:
                                   frames[s]['label_idx'].tolist(),
                                   frames[s]['weight'].tolist(), size),
             self.config.batch_size, workers, self.device,
-            crop_data.ShardSampler(len(frames[s]), dist.rank, dist.world_size))
+            crop_data.ShardSampler(len(frames[s]), dist.rank, dist.world_size),
+            persistent=False)            # no idle workers holding memory while training
             for s in ('val', 'test') if not frames[s].empty}
         self.board = Board(run_dir, dist.is_main)
         self._ddp: nn.Module | None = None
@@ -596,6 +599,7 @@ class Trainer:
                     group['lr'] = lr
                 self.board.scalars('', {'lr': lr}, epoch)
                 self.train_epoch(epoch, on_batch)
+                self.dist.sync_buffers(self.model)    # every rank evaluates one model
                 tr = self.epoch_result()
                 self.log_split('train', tr, epoch)
                 va = self.evaluate('val')
@@ -649,7 +653,7 @@ class Trainer:
                                          results, self.labels, self.config.multilabel)
         info = model_files.ClassifierInfo(self.config.model_name, self.config.image_size,
                                           tuple(self.labels), self.config.multilabel)
-        compiled = model_files.export_torchscript(self.model, info,
+        compiled = model_files.export_torchscript(models.plain_forward(self.model), info,
                                                   model_files.compiled_path(best_ckpt))
         logger.info('best epoch %d; TorchScript model: %s', best, compiled)
         return table

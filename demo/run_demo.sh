@@ -97,7 +97,7 @@ $PY -m classification.crop_detections "$P/new_photos/detections.json" "$N/crops"
 step "11. run_classifier on the crops"
 $PY -m classification.run_classifier "$MODEL_TS" "$N/crops" "$N/classifier_output.csv.gz" \
     --detections-json "$P/new_photos/detections.json" --threshold 0.2 \
-    --classifier-categories "$B/label_index.json" --image-size "$SIZE" \
+    --classifier-categories "$B/label_index.json" \
     --batch-size 32 --num-workers 0
 
 step "12. merge_classification_detection_output -> Timelapse JSON"
@@ -130,6 +130,6 @@ print(f'TorchScript classifier: {model_ts}')
 print(f'evaluation files:       {run}/outputs_*.csv.gz, overall_metrics.csv, label_stats.csv')
 print(f'Timelapse JSON:         {merged_path}')
 print(f'new photos with an animal classified correctly: {hits}/{total}')
-print(f'test-split top-1 accuracy: {metrics.loc["test", "acc_top1"]:.3f}')
+print(f'test-split top-1 accuracy: {metrics.loc["test", "acc_top1"]:.1f}%')
 print(f'demo finished in {seconds} s')
 EOF

@@ -393,3 +393,23 @@ def test_nan_confidence_in_the_dataset_is_refused(base_logdir, tmp_path):
                       check=False)
     assert proc.returncode == 2 and 'must be a number from 0 to 1' in proc.stderr
     assert not (tmp_path / 'runs').exists()
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'efficientnet-b0'])
+def test_recompute_activations_gives_the_same_gradients(name, tmp_path):
+    grads = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = models.build_model(name, 3).train()
+        if recompute:
+            models.recompute_activations(model)
+        x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(2)                    # the same dropout / drop-connect draws
+        model(x).logsumexp(dim=1).sum().backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    for k, g in grads[0].items():
+        torch.testing.assert_close(grads[1][k], g, rtol=1e-5, atol=1e-6)
+    path = model_files.export_torchscript(models.plain_forward(model),
+                                          model_files.ClassifierInfo(name, 32, ('a', 'b', 'c')),
+                                          tmp_path / 'm.pt')
+    assert model_files.is_torchscript_file(path)
