@@ -111,6 +111,39 @@ def label_balance_weights(label_idx: np.ndarray, num_labels: int) -> np.ndarray:
     return w * len(label_idx) / max(present, 1)
 
 
+def add_eval_weights(frames: dict[str, pd.DataFrame], label_weighted: bool,
+                     num_labels: int) -> None:
+    """The ``weight`` column of each split: label-balancing within the split with
+    --label-weighted (the weighted metrics then weigh every label equally), else 1."""
+    for df in frames.values():
+        df['weight'] = (label_balance_weights(df['label_idx'].to_numpy(), num_labels)
+                        if label_weighted and len(df) else 1.0)
+
+
+def label_difference(run: Sequence[str], dataset: Sequence[str]) -> str | None:
+    """How the dataset's labels differ from a run's (None: the same, in order)."""
+    if list(run) == list(dataset):
+        return None
+    added, removed = sorted(set(dataset) - set(run)), sorted(set(run) - set(dataset))
+    if added or removed:
+        return (f'labels differ: the dataset adds {added[:5]} and lacks {removed[:5]}')
+    first = next(i for i, (a, b) in enumerate(zip(run, dataset, strict=True)) if a != b)
+    return (f'label order differs: index {first} is {run[first]!r} in the run but '
+            f'{dataset[first]!r} in the dataset')
+
+
+def split_difference(run: dict[str, list[tuple[str, str]]],
+                     dataset: dict[str, list[tuple[str, str]]]) -> str | None:
+    """How the dataset's splits differ from a run's (None: the same locations)."""
+    for split in SPLITS:
+        a, b = set(run.get(split, [])), set(dataset.get(split, []))
+        if a != b:
+            moved = sorted(a ^ b)[0]
+            return (f'splits differ: {split} has {len(b - a)} locations more and {len(a - b)} '
+                    f'fewer than in the run (e.g. {moved[0]}/{moved[1]})')
+    return None
+
+
 # ---------------------------------------------------------------- pixels
 
 def open_crop(path: Path, image_size: int) -> Image.Image:
@@ -192,6 +225,12 @@ def _crop_params(g: torch.Generator, width: int, height: int, scale: tuple[float
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def augment_decode_size(image_size: int, aug: Augmentation) -> int:
+    """The smallest side a crop may be decoded at (JPEG draft mode) so that the
+    smallest random crop still has ``image_size`` pixels across."""
+    return math.ceil(image_size / math.sqrt(aug.scale[0]))
+
+
 def augment_pixels(image_size: int, aug: Augmentation
                    ) -> Callable[[Image.Image, torch.Generator], torch.Tensor]:
     """The training transform: PIL image and generator -> HWC uint8 tensor."""
@@ -258,7 +297,7 @@ class CropDataset(Dataset[tuple[torch.Tensor, Any, float, int]]):
                  image_size: int,
                  pixels: Callable[[Image.Image], torch.Tensor] | None = None,
                  augment: Callable[[Image.Image, torch.Generator], torch.Tensor] | None = None,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, decode_size: int | None = None) -> None:
         self.root = Path(root)
         self.paths = list(paths)
         self.labels: list[Any] = list(labels) if labels is not None else [0] * len(self.paths)
@@ -267,6 +306,7 @@ class CropDataset(Dataset[tuple[torch.Tensor, Any, float, int]]):
         self.pixels = pixels or eval_pixels(image_size)
         self.augment = augment
         self.num_classes = num_classes
+        self.decode_size = decode_size or image_size
 
     def _label(self, i: int, readable: bool) -> Any:
         if self.num_classes is None:
@@ -282,7 +322,7 @@ class CropDataset(Dataset[tuple[torch.Tensor, Any, float, int]]):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, Any, float, int]:
         i, seed = key if isinstance(key, tuple) else (key, None)
         try:
-            img = open_crop(self.root / self.paths[i], self.image_size)
+            img = open_crop(self.root / self.paths[i], self.decode_size)
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
             blank = torch.zeros(self.image_size, self.image_size, 3, dtype=torch.uint8)
             return blank, self._label(i, False), 0.0, i
@@ -330,9 +370,9 @@ class EpochSampler(Sampler[tuple[int, int]]):
             rows = torch.multinomial(self.weights, self.num_rows, replacement=True, generator=g)
         seeds = torch.randint(0, 2**62, (self.num_rows,), generator=g)
         total = self.share_size() * self.world_size
-        pad = total - self.num_rows
-        if pad:
-            rows, seeds = torch.cat([rows, rows[:pad]]), torch.cat([seeds, seeds[:pad]])
+        if total > self.num_rows:          # repeat the sample's start (several times if tiny)
+            reps = math.ceil(total / self.num_rows)
+            rows, seeds = rows.repeat(reps)[:total], seeds.repeat(reps)[:total]
         mine = slice(self.rank, total, self.world_size)
         return list(zip(rows[mine].tolist(), seeds[mine].tolist(), strict=True))
 

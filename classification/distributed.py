@@ -51,14 +51,15 @@ class Dist:
             raise utils.InputError('WORLD_SIZE is set but RANK/LOCAL_RANK are not: start '
                                    'several processes with torchrun') from e
         if device.type == 'cuda':
+            if local >= torch.cuda.device_count():
+                raise utils.InputError(f'LOCAL_RANK {local} but only '
+                                       f'{torch.cuda.device_count()} GPUs: start at most as '
+                                       'many processes per machine as it has GPUs')
             device = torch.device('cuda', local)
             torch.cuda.set_device(device)
             backend = 'nccl'
         else:
-            backend = 'gloo'
-            local_world = int(os.environ.get('LOCAL_WORLD_SIZE', world))
-            if 'OMP_NUM_THREADS' not in os.environ:
-                torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+            backend = 'gloo'        # torchrun gives each process OMP_NUM_THREADS=1
         if not dist.is_initialized():
             dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
         logger.info('process %d of %d (%s, %s)', rank, world, backend, device)

@@ -43,7 +43,7 @@ from typing import Any
 
 from torch import nn
 
-from classification import crop_data, inference, metrics, model_files, models, training, utils
+from classification import crop_data, inference, metrics, model_files, models, utils
 from classification.distributed import Dist
 from classification.train_config import resolve_run_path
 
@@ -85,6 +85,25 @@ def _setting(given: Any, params: dict[str, Any], key: str, default: Any = None) 
     return default if value is None else value
 
 
+def check_against_run(run_dir: Path, model_labels: Sequence[str], dataset_dir: str,
+                      label_index: str | None) -> None:
+    """Refuses labels other than the run's own (its copy of label_index.json), and
+    warns when the dataset's splits are not those the run was trained with."""
+    if (run_dir / 'label_index.json').is_file() and not label_index:
+        diff = crop_data.label_difference(
+            utils.load_label_index(run_dir / 'label_index.json'), model_labels)
+        if diff:
+            raise utils.InputError(f'{dataset_dir}: not the labels of the run in {run_dir}: '
+                                   f'{diff}')
+    if (run_dir / 'splits.json').is_file() and (Path(dataset_dir) / 'splits.json').is_file():
+        diff = crop_data.split_difference(crop_data.read_splits(run_dir / 'splits.json'),
+                                          crop_data.read_splits(Path(dataset_dir) /
+                                                                'splits.json'))
+        if diff:
+            logger.warning('%s: %s; a "val" or "test" figure may include crops the model '
+                           'was trained on', dataset_dir, diff)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
@@ -105,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     num_workers = _setting(args.num_workers, params, 'num_workers', 0)
     labels = utils.load_label_index(Path(dataset_dir) / 'label_index.json')
     model_labels = utils.load_label_index(args.label_index) if args.label_index else labels
+    check_against_run(run_dir, model_labels, dataset_dir, args.label_index)
     dist = Dist.from_env(models.pick_device(args.device))
     device = dist.device
     multilabel = bool(params.get('multilabel', False))
@@ -147,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             matrix, targets = inference.target_matrix(dict(mapping), model_labels, labels,
                                                       args.target_mapping)
         frames = crop_data.load_split_frames(dataset_dir, targets, splits, multilabel)
-        training.add_eval_weights(frames, bool(params.get('label_weighted', False)),
+        crop_data.add_eval_weights(frames, bool(params.get('label_weighted', False)),
                                   len(targets))
         mean, std = model_files.normalisation(info)
         results = inference.evaluate_frames(model, frames, crops_dir, image_size, batch_size,

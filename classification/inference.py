@@ -96,7 +96,12 @@ def map_probs(probs: np.ndarray, matrix: np.ndarray, multilabel: bool) -> np.nda
     """Model probabilities summed per target and renormalised over the mapped model
     labels (rows sum to 1); multi-label: the largest probability per target."""
     if multilabel:
-        return (probs[:, :, None] * matrix[None]).max(axis=1)
+        out = np.zeros((len(probs), matrix.shape[1]), dtype=probs.dtype)
+        for j in range(matrix.shape[1]):
+            cols = matrix[:, j] > 0
+            if cols.any():
+                out[:, j] = probs[:, cols].max(axis=1)
+        return out
     out = probs.astype(np.float64) @ matrix
     total = out.sum(axis=1, keepdims=True)
     return np.divide(out, total, out=np.zeros_like(out), where=total > 0).astype(np.float32)
@@ -107,7 +112,7 @@ def evaluate_frames(model: nn.Module | torch.jit.ScriptModule, frames: dict[str,
                     device: torch.device, num_outputs: int,
                     matrix: np.ndarray | None = None, multilabel: bool = False,
                     dist: Dist | None = None, mean: Sequence[float] = IMAGENET_MEAN,
-                    std: Sequence[float] = IMAGENET_STD, persistent: bool = False,
+                    std: Sequence[float] = IMAGENET_STD, bf16: bool = False,
                     ) -> dict[str, metrics.EpochResult]:
     """Runs the model on every split (frames from load_split_frames with a ``weight``
     column); ``matrix`` (from target_matrix) maps its outputs to targets.
@@ -121,9 +126,10 @@ def evaluate_frames(model: nn.Module | torch.jit.ScriptModule, frames: dict[str,
                                    df['weight'].tolist(), image_size)
         loader = crop_data.make_loader(ds, batch_size, num_workers, device,
                                        crop_data.ShardSampler(len(ds), rank, world),
-                                       persistent=persistent)
-        probs, bad = predict_probs(model, loader, device, num_outputs, desc=f'eval {split}',
-                                   multilabel=multilabel, dist=dist, mean=mean, std=std)
+                                       persistent=False)
+        probs, bad = predict_probs(model, loader, device, num_outputs, bf16=bf16,
+                                   desc=f'eval {split}', multilabel=multilabel, dist=dist,
+                                   mean=mean, std=std)
         if matrix is not None:
             probs = map_probs(probs, matrix, multilabel)
         if bad:

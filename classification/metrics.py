@@ -143,12 +143,6 @@ class RunningMetrics:
         return RunningMetrics(arr('sums').astype(np.float64), [arr('rows')], [arr('true')],
                               [arr('pred')], [arr('conf')], arr('confusion').astype(np.int64))
 
-    def result(self) -> EpochResult:
-        n = max(self.sums[0], 1)
-        loss, top1, top3 = (float(v / n) for v in self.sums[1:])
-        s = self.state()
-        return EpochResult(loss, top1, top3, loss, top1, top3, None, (),
-                           (s['rows'], s['true'], s['pred'], s['conf']), self.confusion)
 
 
 def extreme_examples(true: np.ndarray, pred: np.ndarray, conf: np.ndarray, label: int,

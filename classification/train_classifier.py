@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import shutil
 from collections.abc import Sequence
@@ -128,8 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # flags a resumed run may set: they say how to run, not what to train
-RESUME_FLAGS = {'dataset_dir', 'cropped_images_dir', 'num_workers', 'device',
-                'checkpoint_every', 'resume', 'add_epochs', 'logdir', 'recompute_activations'}
+RESUME_FLAGS = train_config.RUNTIME_FIELDS | {'resume', 'add_epochs'}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, set[str]]:
@@ -152,16 +152,23 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, s
     return args, given
 
 
-def new_config(args: argparse.Namespace) -> TrainConfig:
+def _absolute(value: bool | str) -> bool | str:
+    """A file path as an absolute one (a resumed run may start in another folder)."""
+    return os.path.abspath(value) if isinstance(value, str) else value
+
+
+def new_config(args: argparse.Namespace, world_size: int) -> TrainConfig:
+    """A new run's settings; the original recipe's default rate follows the whole
+    batch of all ``world_size`` processes (as it followed DataParallel's batch)."""
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    default_lr = train_config.default_lr(args.recipe, args.batch_size * world_size)
     return TrainConfig(
         dataset_dir=args.dataset_dir, cropped_images_dir=args.cropped_images_dir,
-        model_name=args.model_name, pretrained=args.pretrained, finetune=args.finetune,
-        label_weighted=args.label_weighted,
-        weight_by_detection_conf=args.weight_by_detection_conf, multilabel=args.multilabel,
-        recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr if args.lr is not None else train_config.default_lr(args.recipe,
-                                                                        args.batch_size),
+        model_name=args.model_name, pretrained=_absolute(args.pretrained),
+        finetune=args.finetune, label_weighted=args.label_weighted,
+        weight_by_detection_conf=_absolute(args.weight_by_detection_conf),
+        multilabel=args.multilabel, recipe=args.recipe, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr if args.lr is not None else default_lr,
         weight_decay=args.weight_decay, seed=seed,
         image_size=args.image_size or models.default_image_size(args.model_name),
         patience=args.patience, amp=args.amp, log_extreme_examples=args.log_extreme_examples,
@@ -171,7 +178,7 @@ def new_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, _ = parse_args(argv)
+    args, given = parse_args(argv)
     utils.setup_logging()
     dist = Dist.from_env(models.pick_device(args.device))
     if not dist.is_main:
@@ -179,14 +186,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.resume:
             run_dir = Path(args.resume)
+            # the run's own runtime settings unless given again
             config = training.run_config(run_dir).with_runtime(
                 dataset_dir=args.dataset_dir, cropped_images_dir=args.cropped_images_dir,
-                num_workers=args.num_workers, device=args.device,
-                checkpoint_every=args.checkpoint_every,
-                recompute_activations=args.recompute_activations)
+                **{k: getattr(args, k) for k in given & train_config.RUNTIME_FIELDS
+                   if k not in ('dataset_dir', 'cropped_images_dir', 'logdir')})
         else:
-            config = new_config(args)
-        prepared = training.prepare(config, dist.device)
+            config = new_config(args, dist.world_size)
+        prepared = training.prepare(config, dist.device, resume=bool(args.resume))
         made = False
         if args.resume:
             training.check_resume_dataset(run_dir, prepared)
@@ -196,12 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             run_dir = training.new_run_dir(config.logdir, dist)
             if dist.is_main:
-                training.start_run_dir(run_dir, prepared)
+                training.start_run_dir(run_dir, prepared, dist.world_size)
                 made = True
         dist.barrier()
         logger.info('run folder: %s', run_dir)
-        trainer = training.Trainer(prepared, run_dir, dist)
         try:
+            trainer = training.Trainer(prepared, run_dir, dist)
             trainer.run(args.add_epochs or 0, resume=bool(args.resume))
         except BaseException:
             # a run that failed before its first checkpoint leaves no folder behind

@@ -83,11 +83,26 @@ class TrainConfig:
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise utils.InputError(f'{source}: {name} must be a finite number above 0, '
                                        f'not {value!r}')
-        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+        if (not isinstance(self.weight_decay, (int, float)) or not math.isfinite(self.weight_decay)
+                or self.weight_decay < 0):
             raise utils.InputError(f'{source}: weight_decay must be finite and at least 0')
         for name in ('epochs', 'batch_size', 'image_size', 'patience'):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise utils.InputError(f'{source}: {name} must be a positive integer')
+        for name in ('seed', 'finetune', 'num_workers', 'checkpoint_every',
+                     'log_extreme_examples'):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or (
+                    name != 'seed' and value < 0):
+                raise utils.InputError(f'{source}: {name} must be a whole number'
+                                       f'{"" if name == "seed" else " of at least 0"}')
+        for name in ('label_weighted', 'multilabel', 'recompute_activations'):
+            if not isinstance(getattr(self, name), bool):
+                raise utils.InputError(f'{source}: {name} must be true or false')
+        for name in ('pretrained', 'weight_by_detection_conf'):
+            if not isinstance(getattr(self, name), (bool, str)):
+                raise utils.InputError(f'{source}: {name} must be true, false or a path')
         return self
 
     def with_runtime(self, **changes: Any) -> TrainConfig:

@@ -63,8 +63,14 @@ def resolve_amp(amp: str | None, device: torch.device) -> str | None:
         if amp == 'fp16':
             raise utils.InputError('--amp fp16 needs a CUDA device; use --amp bf16 on a CPU')
         return 'bf16'
+    try:
+        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:          # torch before 2.3 had no emulation to exclude
+        native_bf16 = torch.cuda.is_bf16_supported()
     if amp == 'auto':
-        return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
+        return 'bf16' if native_bf16 else 'fp16'
+    if amp == 'bf16' and not native_bf16:
+        raise utils.InputError('--amp bf16: this GPU has no native bfloat16; use --amp fp16')
     return amp
 
 
@@ -104,6 +110,10 @@ def detection_conf_weights(conf: np.ndarray, weight_by_conf: bool | str) -> np.n
     except (OSError, KeyError, ValueError) as e:
         raise utils.InputError(f'--weight-by-detection-conf {weight_by_conf}: expected an .npz '
                                f'with arrays x and y ({e})') from e
+    if (x.ndim != 1 or x.shape != y.shape or len(x) < 2 or not np.isfinite(x).all()
+            or not np.isfinite(y).all() or (np.diff(x) <= 0).any()):
+        raise utils.InputError(f'--weight-by-detection-conf {weight_by_conf}: x and y must be '
+                               'finite 1-D arrays of the same length with x increasing')
     return np.interp(conf, x, y)
 
 
@@ -123,15 +133,6 @@ def train_sampling_weights(df: pd.DataFrame, config: TrainConfig,
                                'numbers with a positive sum (check the confidences and the '
                                'calibration file)')
     return w
-
-
-def add_eval_weights(frames: dict[str, pd.DataFrame], label_weighted: bool,
-                     num_labels: int) -> None:
-    """The ``weight`` column of each split: label-balancing within the split with
-    --label-weighted (the weighted metrics then weigh every label equally), else 1."""
-    for df in frames.values():
-        df['weight'] = (crop_data.label_balance_weights(df['label_idx'].to_numpy(), num_labels)
-                        if label_weighted and len(df) else 1.0)
 
 
 # ---------------------------------------------------------------- preparing a run
@@ -170,8 +171,9 @@ def check_crops_present(frames: dict[str, pd.DataFrame], crops_dir: str,
                            crops_dir, len(picked) - found, len(picked), split)
 
 
-def prepare(config: TrainConfig, device: torch.device) -> Prepared:
-    """Everything a run needs, checked; no file is written."""
+def prepare(config: TrainConfig, device: torch.device, resume: bool = False) -> Prepared:
+    """Everything a run needs, checked; no file is written. A resumed run's model is
+    built without its --pretrained weights (the checkpoint replaces them all)."""
     base = Path(config.dataset_dir)
     labels = utils.load_label_index(base / 'label_index.json')
     splits = crop_data.read_splits(base / 'splits.json')
@@ -182,46 +184,24 @@ def prepare(config: TrainConfig, device: torch.device) -> Prepared:
     if config.multilabel and config.label_weighted:
         logger.info('--label-weighted with --multilabel balances by each crop\'s first label')
     check_crops_present(frames, config.cropped_images_dir)
-    add_eval_weights(frames, config.label_weighted, len(labels))
+    crop_data.add_eval_weights(frames, config.label_weighted, len(labels))
     train_sampling_weights(frames['train'], config, len(labels))     # checked early
     amp = resolve_amp(config.amp, device)
     torch.manual_seed(config.seed)
-    model = models.build_model(config.model_name, len(labels), config.pretrained)
+    model = models.build_model(config.model_name, len(labels),
+                               False if resume else config.pretrained)
     return Prepared(config, labels, splits, frames, model, device, amp)
-
-
-def label_difference(run: Sequence[str], dataset: Sequence[str]) -> str | None:
-    """How the dataset's labels differ from a run's (None: the same, in order)."""
-    if list(run) == list(dataset):
-        return None
-    added, removed = sorted(set(dataset) - set(run)), sorted(set(run) - set(dataset))
-    if added or removed:
-        return (f'labels differ: the dataset adds {added[:5]} and lacks {removed[:5]}')
-    first = next(i for i, (a, b) in enumerate(zip(run, dataset, strict=True)) if a != b)
-    return (f'label order differs: index {first} is {run[first]!r} in the run but '
-            f'{dataset[first]!r} in the dataset')
-
-
-def split_difference(run: dict[str, list[tuple[str, str]]],
-                     dataset: dict[str, list[tuple[str, str]]]) -> str | None:
-    """How the dataset's splits differ from a run's (None: the same locations)."""
-    for split in crop_data.SPLITS:
-        a, b = set(run.get(split, [])), set(dataset.get(split, []))
-        if a != b:
-            moved = sorted(a ^ b)[0]
-            return (f'splits differ: {split} has {len(b - a)} locations more and {len(a - b)} '
-                    f'fewer than in the run (e.g. {moved[0]}/{moved[1]})')
-    return None
 
 
 def check_resume_dataset(run_dir: Path, prepared: Prepared) -> None:
     """Refuses to resume a run against a dataset with other labels or splits."""
     where = f'--resume {run_dir}'
     run_labels = utils.load_label_index(run_dir / 'label_index.json')
-    diff = label_difference(run_labels, prepared.labels)
+    diff = crop_data.label_difference(run_labels, prepared.labels)
     if diff:
         raise utils.InputError(f'{where}: {diff}')
-    diff = split_difference(crop_data.read_splits(run_dir / 'splits.json'), prepared.splits)
+    diff = crop_data.split_difference(crop_data.read_splits(run_dir / 'splits.json'),
+                                      prepared.splits)
     if diff:
         raise utils.InputError(f'{where}: {diff}')
 
@@ -250,11 +230,12 @@ def new_run_dir(logdir: str, dist: Dist) -> Path:
     return Path(dist.broadcast(name))
 
 
-def start_run_dir(run_dir: Path, prepared: Prepared) -> None:
+def start_run_dir(run_dir: Path, prepared: Prepared, world_size: int = 1) -> None:
     """Makes the run folder with params.json and copies of the label index and splits
     (what a resume is checked against). Rank 0 only."""
     run_dir.mkdir(parents=True)
     params = prepared.config.to_params()
+    params['world_size'] = world_size           # processes the run started with
     for key in ('dataset_dir', 'cropped_images_dir'):   # evaluable from any folder
         params[key] = os.path.relpath(os.path.abspath(params[key]), os.path.abspath(run_dir))
     params['run_dir'] = str(run_dir)
@@ -299,7 +280,7 @@ class Board:
             fig = metrics.confusion_figure(res.confusion, labels, f'{split}, epoch {epoch}')
             self.writer.add_figure(f'confusion_matrix/{split}', fig, epoch, close=False)
 
-    def extreme_examples(self, ds: crop_data.CropDataset, split: str,
+    def extreme_examples(self, paths: Sequence[str], root: Path, image_size: int, split: str,
                          res: metrics.EpochResult, labels: Sequence[str], n: int,
                          epoch: int) -> None:
         """For each label, its ``n`` most confident true positives, false positives and
@@ -309,15 +290,14 @@ class Board:
         if not self.writer or res.examples is None or n <= 0:
             return
         rows, true, pred, conf = res.examples
-        to_pixels = crop_data.eval_pixels(ds.image_size)
+        to_pixels = crop_data.eval_pixels(image_size)
         for k, label in enumerate(labels):
             for kind, pos in metrics.extreme_examples(true, pred, conf, k, n).items():
                 images, lines = [], []
                 for p in pos:
-                    path = ds.paths[int(rows[p])]
+                    path = paths[int(rows[p])]
                     try:
-                        images.append(to_pixels(crop_data.open_crop(ds.root / path,
-                                                                     ds.image_size)))
+                        images.append(to_pixels(crop_data.open_crop(root / path, image_size)))
                     except (OSError, UnidentifiedImageError, ValueError):
                         continue
                     lines.append(f'| {path} | {labels[int(true[p])]} | '
@@ -355,6 +335,7 @@ class TrainState:
     best_epoch: int = -1
     best_metrics: dict[str, float] = field(default_factory=dict)
     stopped: bool = False          # stopped early (patience)
+    patience_from: int = -1        # --add-epochs: patience counts from here again
 
 
 def _tensors(obj: Any) -> Any:
@@ -397,27 +378,20 @@ class Trainer:
         size, frames = self.config.image_size, prepared.frames
         multilabel = len(self.labels) if self.config.multilabel else None
         label_col = 'label_set' if self.config.multilabel else 'label_idx'
-        self.datasets = {s: crop_data.CropDataset(
-            self.config.cropped_images_dir, df['path'].tolist(), df[label_col].tolist(),
-            df['weight'].tolist(), size,
-            augment=crop_data.augment_pixels(size, augmentation(self.config))
-            if s == 'train' else None, num_classes=multilabel) for s, df in frames.items()}
+        aug = augmentation(self.config)
+        train_ds = crop_data.CropDataset(
+            self.config.cropped_images_dir, frames['train']['path'].tolist(),
+            frames['train'][label_col].tolist(), None, size,
+            augment=crop_data.augment_pixels(size, aug), num_classes=multilabel,
+            decode_size=crop_data.augment_decode_size(size, aug))
         seed = self.config.seed
         self.sampler = crop_data.EpochSampler(
             len(frames['train']), seed,
             train_sampling_weights(frames['train'], self.config, len(self.labels)),
             dist.rank, dist.world_size)
         workers = self.config.num_workers
-        self.train_loader = crop_data.make_loader(self.datasets['train'], self.config.batch_size,
-                                                  workers, self.device, self.sampler)
-        self.eval_loaders = {s: crop_data.make_loader(
-            crop_data.CropDataset(self.config.cropped_images_dir, frames[s]['path'].tolist(),
-                                  frames[s]['label_idx'].tolist(),
-                                  frames[s]['weight'].tolist(), size),
-            self.config.batch_size, workers, self.device,
-            crop_data.ShardSampler(len(frames[s]), dist.rank, dist.world_size),
-            persistent=False)            # no idle workers holding memory while training
-            for s in ('val', 'test') if not frames[s].empty}
+        self.train_loader = crop_data.make_loader(train_ds, self.config.batch_size, workers,
+                                                  self.device, self.sampler)
         self.board = Board(run_dir, dist.is_main)
         self._ddp: nn.Module | None = None
         self._ddp_finetune: bool | None = None
@@ -451,6 +425,7 @@ class Trainer:
         if add_epochs:
             self.state.epochs += add_epochs
             self.state.stopped = False
+            self.state.patience_from = self.state.epoch - 1
         per_rank = ckpt.get('per_rank') or []
         if ckpt.get('world_size') == self.dist.world_size and len(per_rank) > self.dist.rank:
             mine = per_rank[self.dist.rank]
@@ -496,6 +471,11 @@ class Trainer:
                                  disable=None):
             ok = crop_data.readable(y)
             none_ok = not bool(ok.any())
+            if not self.dist.any(not none_ok):     # no crop of this step could be read
+                batch_no += 1
+                self.state.batch = batch_no
+                on_batch(batch_no)
+                continue
             if not none_ok and not bool(ok.all()):
                 x, y, idx = x[ok], y[ok], idx[ok]
             x = crop_data.to_model_input(x, self.device)
@@ -509,8 +489,8 @@ class Trainer:
                     logits, target, reduction='none').sum(dim=1)
             else:
                 losses = nn.functional.cross_entropy(logits, y.clamp(min=0), reduction='none')
-            # a batch with no readable crop still takes part (zero loss), so that the
-            # processes of a DDP group stay in step
+            # a batch with no readable crop on this rank still takes part (zero loss) when
+            # other ranks have some, so that the processes of a DDP group stay in step
             loss = losses.mean() * (0.0 if none_ok else 1.0)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -550,25 +530,18 @@ class Trainer:
                                    examples, cm)  # type: ignore[arg-type]
 
     def evaluate(self, split: str) -> metrics.EpochResult:
-        df = self.p.frames[split]
-        loader = self.eval_loaders.get(split) or crop_data.make_loader(
-            crop_data.CropDataset(self.config.cropped_images_dir, df['path'].tolist(),
-                                  df['label_idx'].tolist(), df['weight'].tolist(),
-                                  self.config.image_size),
-            self.config.batch_size, self.config.num_workers, self.device,
-            crop_data.ShardSampler(len(df), self.dist.rank, self.dist.world_size),
-            persistent=False)
-        probs, bad = inference.predict_probs(self.model, loader, self.device,
-                                             len(self.labels), desc=f'{split}',
-                                             multilabel=self.config.multilabel, dist=self.dist,
-                                             bf16=self.amp_dtype == torch.bfloat16)
-        y = (metrics.multi_hot(df['label_set'].tolist(), len(self.labels))
-             if self.config.multilabel else df['label_idx'].to_numpy())
-        return metrics.metrics_from_probs(probs, y, df['weight'].to_numpy(), bad)
+        """The model on one split, every crop on one rank, results on all."""
+        return inference.evaluate_frames(
+            self.model, {split: self.p.frames[split]}, self.config.cropped_images_dir,
+            self.config.image_size, self.config.batch_size, self.config.num_workers,
+            self.device, len(self.labels), multilabel=self.config.multilabel, dist=self.dist,
+            bf16=self.amp_dtype == torch.bfloat16)[split]
 
     def log_split(self, split: str, res: metrics.EpochResult, epoch: int) -> None:
         self.board.split_result(split, res, self.labels, epoch)
-        self.board.extreme_examples(self.datasets[split], split, res, self.labels,
+        self.board.extreme_examples(self.p.frames[split]['path'].tolist(),
+                                    Path(self.config.cropped_images_dir),
+                                    self.config.image_size, split, res, self.labels,
                                     self.config.log_extreme_examples, epoch)
 
     def run(self, add_epochs: int = 0, resume: bool = False) -> None:
@@ -615,11 +588,12 @@ class Trainer:
                         model_files.save_checkpoint(
                             {'model': self.model.state_dict(), 'epoch': epoch,
                              'val/acc': 100 * acc}, self.run_dir / f'ckpt_{epoch}.pt')
-                    if 'test' in self.eval_loaders:
+                    if not self.p.frames['test'].empty:
                         self.log_split('test', self.evaluate('test'), epoch)
                 self.state.epoch, self.state.batch = epoch + 1, 0
                 self.running = metrics.RunningMetrics.empty(len(self.labels))
-                stop = epoch - self.state.best_epoch >= self.config.patience
+                stop = (epoch - max(self.state.best_epoch, self.state.patience_from)
+                        >= self.config.patience)
                 self.state.stopped = stop
                 self.save_last()
                 logger.info('epoch %d (lr %.3g): train loss %.3f top-1 %.2f%% | val loss %.3f '

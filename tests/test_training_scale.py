@@ -23,6 +23,7 @@ from classification import (
     model_files,
     models,
     run_classifier,
+    train_classifier,
     train_config,
     training,
     utils,
@@ -77,9 +78,13 @@ def test_two_process_ddp_trains_checkpoints_resumes_and_evaluates_every_crop_onc
     logdir = tmp_path / 'runs'
     proc = torchrun('classification.train_classifier', str(base_logdir), crops_of(base_logdir),
                     *TINY, '--epochs', '2', '--label-weighted', '--seed', '5',
-                    '--checkpoint-every', '2', '--logdir', str(logdir))
+                    '--checkpoint-every', '2', '--logdir', str(logdir), '--recipe', 'original',
+                    '--finetune', '1')
     assert 'process 1 of 2 (gloo' in proc.stderr
     run = only_run(logdir)                    # one folder for both processes
+    params = read_json(run / 'params.json')
+    assert params['world_size'] == 2
+    assert params['lr'] == pytest.approx(0.016 * 8 * 2 / 256)   # the whole batch of 2 x 8
     last = torch.load(run / 'ckpt_last.pt', weights_only=True)
     assert last['world_size'] == 2 and len(last['per_rank']) == 2
     assert last['state']['epoch'] == 2
@@ -397,7 +402,7 @@ def test_nan_confidence_in_the_dataset_is_refused(base_logdir, tmp_path):
 
 @pytest.mark.parametrize('name', ['resnet18', 'efficientnet-b0'])
 def test_recompute_activations_gives_the_same_gradients(name, tmp_path):
-    grads = []
+    grads, states = [], []
     for recompute in (False, True):
         torch.manual_seed(0)
         model = models.build_model(name, 3).train()
@@ -407,9 +412,53 @@ def test_recompute_activations_gives_the_same_gradients(name, tmp_path):
         torch.manual_seed(2)                    # the same dropout / drop-connect draws
         model(x).logsumexp(dim=1).sum().backward()
         grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
     for k, g in grads[0].items():
         torch.testing.assert_close(grads[1][k], g, rtol=1e-5, atol=1e-6)
+    for k, v in states[0].items():              # batch-norm statistics updated once
+        torch.testing.assert_close(states[1][k], v, rtol=1e-6, atol=1e-7)
     path = model_files.export_torchscript(models.plain_forward(model),
                                           model_files.ClassifierInfo(name, 32, ('a', 'b', 'c')),
                                           tmp_path / 'm.pt')
     assert model_files.is_torchscript_file(path)
+
+
+def test_add_epochs_after_an_early_stop_trains_at_least_patience_epochs(base_logdir, tmp_path):
+    train(base_logdir, tmp_path / 'r', *TINY, '--epochs', '1', '--patience', '2', '--seed', '4')
+    run = only_run(tmp_path / 'r')
+    ckpt = torch.load(run / 'ckpt_last.pt', weights_only=True)
+    # as if the run had stopped early at epoch 5, its best epoch long before
+    ckpt['state'].update(epoch=6, epochs=6, best_epoch=0, stopped=True)
+    torch.save(ckpt, run / 'ckpt_last.pt')
+    train(base_logdir, tmp_path / 'unused', '--resume', str(run), '--num-workers', '0')
+    assert torch.load(run / 'ckpt_last.pt', weights_only=True)['state']['epoch'] == 6
+    train(base_logdir, tmp_path / 'unused', '--resume', str(run), '--add-epochs', '3',
+          '--num-workers', '0')
+    state = torch.load(run / 'ckpt_last.pt', weights_only=True)['state']
+    assert state['epoch'] >= 8                  # patience counts from the extension
+
+
+def test_calibration_file_is_checked(tmp_path):
+    np.savez(tmp_path / 'bad.npz', x=np.array([0.0, 0.5, 1.0]), y=np.array([0.0, 1.0]))
+    with pytest.raises(utils.InputError, match='same length with x increasing'):
+        training.detection_conf_weights(np.array([0.3]), str(tmp_path / 'bad.npz'))
+
+
+def test_evaluate_model_refuses_a_dataset_with_other_labels_than_the_run(
+        base_logdir, trained_run, tmp_path):
+    data = _labels_changed(base_logdir, tmp_path, 'reordered')
+    proc = run_module('classification.evaluate_model', str(trained_run / 'params.json'),
+                      str(best_ckpt(trained_run)), '-o', str(tmp_path / 'o'), '--dataset-dir',
+                      str(data), check=False)
+    assert proc.returncode == 2 and 'label order differs' in proc.stderr
+    assert not (tmp_path / 'o').exists()
+
+
+def test_resume_keeps_the_runs_runtime_settings(base_logdir, tmp_path):
+    train(base_logdir, tmp_path / 'r', *TINY, '--epochs', '1', '--checkpoint-every', '3',
+          '--seed', '4')
+    run = only_run(tmp_path / 'r')
+    args, given = train_classifier.parse_args([str(base_logdir), 'c', '--resume', str(run)])
+    assert 'checkpoint_every' not in given
+    config = training.run_config(run)
+    assert config.checkpoint_every == 3 and config.num_workers == 0
