@@ -8,7 +8,7 @@ best epoch on train, val and test), --label-weighted (the original's
 evaluation needs it). The figure is the wall time of the whole process, start-up
 included, and its peak memory: the largest resident set of one process
 (ru_maxrss) and the peak of the process tree's proportional set size (PSS,
-sampled every 0.2 s from /proc; pages shared with forked workers counted once).
+sampled every second from /proc; pages shared with forked workers counted once).
 
 The crops are generated: --crops JPEGs of 5 labels (shapes and colours on
 noise, 150-400 px) at 20 locations named loc_00..., 12 train, 4 val and 4 test
@@ -80,9 +80,8 @@ def make_dataset(root: Path, n_crops: int, seed: int = 0) -> tuple[Path, Path]:
     return data, crops
 
 
-def tree_pss(pid: int) -> int:
-    """Proportional set size (shared pages split between their sharers, so forked
-    data-loading workers are not counted twice) of ``pid`` and its descendants."""
+def _children() -> dict[int, list[int]]:
+    """Each process's children, from /proc/*/stat."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir('/proc'):
         if entry.isdigit():
@@ -92,6 +91,13 @@ def tree_pss(pid: int) -> int:
                 children.setdefault(ppid, []).append(int(entry))
             except (OSError, ValueError, IndexError):
                 pass
+    return children
+
+
+def tree_pss(pid: int) -> int:
+    """Proportional set size (shared pages split between their sharers, so forked
+    data-loading workers are not counted twice) of ``pid`` and its descendants."""
+    children = _children()
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()
@@ -121,7 +127,7 @@ def timed(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
     def sample() -> None:
         while proc.poll() is None:
             peak[0] = max(peak[0], tree_pss(proc.pid))
-            time.sleep(0.2)
+            time.sleep(1.0)         # light: reading smaps costs the measured process time
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     _, err = proc.communicate()
