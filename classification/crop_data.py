@@ -284,7 +284,7 @@ def to_model_input(x: torch.Tensor, device: torch.device,
 class CropDataset(Dataset[tuple[torch.Tensor, Any, float, int]]):
     """(HWC uint8 image, label, weight, row index) for each crop.
 
-    Keys are row indices (evaluation, with ``pixels``) or, for training, the
+    Keys are row indices (evaluation, ``eval_pixels``) or, for training, the
     (row, seed) pairs of an ``EpochSampler`` (with ``augment``). The label is
     its index, or with ``num_classes`` (multi-label) a 0/1 float vector built
     from a sequence of label indices. A crop that cannot be read gives a
@@ -295,7 +295,6 @@ class CropDataset(Dataset[tuple[torch.Tensor, Any, float, int]]):
     def __init__(self, root: str | os.PathLike[str], paths: Sequence[str],
                  labels: Sequence[Any] | None, weights: Sequence[float] | None,
                  image_size: int,
-                 pixels: Callable[[Image.Image], torch.Tensor] | None = None,
                  augment: Callable[[Image.Image, torch.Generator], torch.Tensor] | None = None,
                  num_classes: int | None = None, decode_size: int | None = None) -> None:
         self.root = Path(root)
@@ -303,7 +302,7 @@ class CropDataset(Dataset[tuple[torch.Tensor, Any, float, int]]):
         self.labels: list[Any] = list(labels) if labels is not None else [0] * len(self.paths)
         self.weights = list(weights) if weights is not None else [1.0] * len(self.paths)
         self.image_size = image_size
-        self.pixels = pixels or eval_pixels(image_size)
+        self.pixels = eval_pixels(image_size)
         self.augment = augment
         self.num_classes = num_classes
         self.decode_size = decode_size or image_size

@@ -217,18 +217,6 @@ def label_index_dict(labels: Sequence[str]) -> dict[str, str]:
     return {str(i): name for i, name in enumerate(labels)}
 
 
-def args_to_params(args: argparse.Namespace) -> dict[str, Any]:
-    """JSON-safe copy of parsed arguments for ``params.json``."""
-    out: dict[str, Any] = {}
-    for k, v in vars(args).items():
-        if isinstance(v, Path):
-            v = str(v)
-        elif isinstance(v, (list, tuple)):
-            v = [str(x) if isinstance(x, Path) else x for x in v]
-        out[k] = v
-    return out
-
-
 # ---------------------------------------------------------------- crops and detector versions
 
 _VERSION_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]*$')
