@@ -115,10 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--checkpoint-every', type=utils.nonneg_int, default=0, metavar='N',
                         help='also write ckpt_last.pt every N batches, so a kill loses at most '
                              'N batches (default: 0, at the end of each epoch only)')
-    parser.add_argument('--recompute-activations', action='store_true',
+    parser.add_argument('--recompute-activations', action=argparse.BooleanOptionalAction,
+                        default=None,
                         help='keep only each block\'s input for the backward pass and '
                              'recompute the rest there: about 60%% less activation memory, '
-                             'about a third more time per training step; same results')
+                             'a fifth to a third more time per training step; same results '
+                             '(default: on with --amp on a CPU, where it costs little, '
+                             'else off)')
     parser.add_argument('--resume', metavar='RUN_DIR',
                         help='continue the run in RUN_DIR where it stopped, with its own '
                              'settings')

@@ -39,7 +39,7 @@ from PIL import UnidentifiedImageError
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from classification import crop_data, inference, metrics, model_files, models, utils
+from classification import crop_data, inference, metrics, model_files, models, train_config, utils
 from classification.distributed import Dist
 from classification.train_config import TrainConfig
 
@@ -368,7 +368,7 @@ class Trainer:
         self.device = prepared.device
         self.labels = prepared.labels
         self.model = prepared.model.to(self.device).to(memory_format=torch.channels_last)
-        if self.config.recompute_activations:
+        if train_config.recompute_activations(self.config, self.device.type):
             models.recompute_activations(self.model)
         self.optimizer = make_optimizer(self.config, self.model)
         self.amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(prepared.amp or '')

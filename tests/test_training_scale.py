@@ -423,6 +423,20 @@ def test_recompute_activations_gives_the_same_gradients(name, tmp_path):
     assert model_files.is_torchscript_file(path)
 
 
+def test_amp_on_a_cpu_recomputes_activations_unless_told_not_to():
+    resolve = train_config.recompute_activations
+    for flags, device, expected in [([], 'cpu', False), (['--amp'], 'cpu', True),
+                                    (['--amp'], 'cuda', False),
+                                    (['--amp', '--no-recompute-activations'], 'cpu', False),
+                                    (['--recompute-activations'], 'cuda', True)]:
+        args = train_classifier.parse_args(['d', 'c', *flags])[0]
+        config = train_classifier.new_config(args, world_size=1)
+        assert resolve(config, device) is expected, (flags, device)
+        assert train_config.TrainConfig.from_params(config.to_params(), 'p') == config
+    with pytest.raises(utils.InputError, match='recompute_activations must be'):
+        train_config.TrainConfig('d', 'c', recompute_activations='yes').checked()  # type: ignore[arg-type]
+
+
 def test_add_epochs_after_an_early_stop_trains_at_least_patience_epochs(base_logdir, tmp_path):
     train(base_logdir, tmp_path / 'r', *TINY, '--epochs', '1', '--patience', '2', '--seed', '4')
     run = only_run(tmp_path / 'r')
