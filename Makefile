@@ -27,7 +27,7 @@ $(STAMP): setup.cfg pyproject.toml setup.py classification/_jpegregion.c
 	  || echo "warning: no libjpeg-turbo headers; crop_detections decodes whole photos" >&2
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,openvino,onnxruntime]'
 	touch $(STAMP)
 
 demo: $(STAMP)

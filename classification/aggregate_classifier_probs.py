@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from classification import utils
+from classification import classifier_output, utils
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,9 @@ def aggregate(df: pd.DataFrame, mapping: Mapping[str, Sequence[str]]) -> pd.Data
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = utils.make_parser(__doc__)
-    parser.add_argument('classifier_results_csv', help="run_classifier output, or '-'")
+    parser.add_argument('classifier_results_csv', nargs='+',
+                        help="run_classifier output, or '-'; or all shard files of a "
+                             "--shard run (paths or a quoted glob)")
     parser.add_argument('-t', '--target-mapping', required=True,
                         help='JSON {target: [classifier labels]}')
     parser.add_argument('-o', '--output-csv', required=True, help="output CSV, or '-'")
@@ -79,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(targets) < len(mapping):
         logger.info('targets without classifier labels left out: %s',
                     [t for t in mapping if t not in targets])
-    df = utils.read_csv(args.classifier_results_csv, dtype={'path': str})
+    df = classifier_output.read_outputs(args.classifier_results_csv, dtype={'path': str})
     out = aggregate(df, {t: mapping[t] for t in targets})
     utils.write_csv(out, args.output_csv, float_format='%.6g')
     utils.write_json(utils.label_index_dict(targets), args.output_label_index, indent=1)

@@ -27,7 +27,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 from classification import utils
-from classification.cropping import to_rgb
+from classification.cropping import PhotoFile, to_rgb
 from classification.model_files import IMAGENET_MEAN, IMAGENET_STD
 
 T_co = TypeVar('T_co')
@@ -154,6 +154,13 @@ def open_crop(path: Path, image_size: int) -> Image.Image:
             img.draft('RGB', (image_size, image_size))
         img.load()
         return to_rgb(img)
+
+
+def draft_factor(size: tuple[int, int], image_size: int) -> int:
+    """The scale (1, 2, 4 or 8) by which Pillow's JPEG draft mode decodes an image
+    of ``size`` asked for at least ``image_size`` on both sides."""
+    scale = min(size[0] // image_size, size[1] // image_size)
+    return next(f for f in (8, 4, 2, 1) if scale >= f or f == 1)
 
 
 def _hwc_uint8(img: Image.Image) -> torch.Tensor:
@@ -318,10 +325,14 @@ class CropDataset(Dataset[tuple[torch.Tensor, Any, float, int]]):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def open(self, i: int) -> Image.Image:
+        """The RGB crop of row ``i``; raises OSError / ValueError when unreadable."""
+        return open_crop(self.root / self.paths[i], self.decode_size)
+
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, Any, float, int]:
         i, seed = key if isinstance(key, tuple) else (key, None)
         try:
-            img = open_crop(self.root / self.paths[i], self.decode_size)
+            img = self.open(i)
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
             blank = torch.zeros(self.image_size, self.image_size, 3, dtype=torch.uint8)
             return blank, self._label(i, False), 0.0, i
@@ -330,6 +341,32 @@ class CropDataset(Dataset[tuple[torch.Tensor, Any, float, int]]):
         else:
             x = self.pixels(img)
         return x, self._label(i, True), self.weights[i], i
+
+
+class PhotoCropDataset(CropDataset):
+    """Crops cut from the photos themselves (no crop files): row ``i`` is the box
+    ``boxes[i]`` (normalized [x, y, w, h], upright coordinates as MegaDetector
+    gives them) of the photo ``photos[i]`` under ``root``, cut as crop_detections
+    cuts it (``square``: the smallest square around it, padded black) and
+    decoded only as far as the box needs."""
+
+    def __init__(self, root: str | os.PathLike[str], photos: Sequence[str],
+                 boxes: Sequence[Sequence[float]], image_size: int,
+                 square: bool = False) -> None:
+        super().__init__(root, photos, None, None, image_size)
+        self.boxes = [tuple(b) for b in boxes]
+        self.square = square
+
+    def open(self, i: int) -> Image.Image:
+        photo = PhotoFile(utils.safe_join(self.root, self.paths[i]).read_bytes())
+        box = utils.crop_box(self.boxes[i], *photo.size, self.square)
+        if box is None:
+            raise ValueError('box has zero area or lies outside the image')
+        crop = photo.decode([box]).crop(box)
+        # as a saved crop is opened (open_crop: libjpeg scales by 1/2, 1/4 or 1/8
+        # while decoding, keeping at least decode_size), here by box averaging
+        factor = draft_factor(crop.size, self.decode_size)
+        return crop.reduce(factor) if factor > 1 else crop
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

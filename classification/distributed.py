@@ -39,9 +39,10 @@ class Dist:
         return self.rank == 0
 
     @staticmethod
-    def from_env(device: torch.device) -> Dist:
+    def from_env(device: torch.device, timeout_minutes: int = 30) -> Dist:
         """Joins the process group when started by torchrun; ``device`` is the
-        device asked for (a CUDA device becomes this process's LOCAL_RANK GPU)."""
+        device asked for (a CUDA device becomes this process's LOCAL_RANK GPU);
+        collective calls wait at most ``timeout_minutes`` for the other ranks."""
         world = int(os.environ.get('WORLD_SIZE', '1'))
         if world <= 1:
             return Dist(device=device)
@@ -61,7 +62,8 @@ class Dist:
         else:
             backend = 'gloo'        # torchrun gives each process OMP_NUM_THREADS=1
         if not dist.is_initialized():
-            dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+            dist.init_process_group(backend,
+                                    timeout=datetime.timedelta(minutes=timeout_minutes))
         logger.info('process %d of %d (%s, %s)', rank, world, backend, device)
         return Dist(rank, world, local, device)
 

@@ -6,7 +6,7 @@ evaluation of a model on the splits of a dataset.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,34 @@ from classification.distributed import Dist
 from classification.model_files import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
+
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+def iter_probs(run: Runner, loader: DataLoader[Any], device: torch.device, num_outputs: int,
+               multilabel: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
+               std: Sequence[float] = IMAGENET_STD, desc: str = 'classifying',
+               ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(row indices, their probabilities, rows that could not be read) per batch
+    of the loader; ``run`` maps a normalized float batch on ``device`` to logits.
+    Softmax outputs, or with ``multilabel`` a sigmoid per class."""
+    from tqdm import tqdm
+    for x, y, _, idx in tqdm(crop_data.batches(loader), total=len(loader), desc=desc,
+                             leave=False, disable=None):
+        ok = crop_data.readable(y)
+        bad = idx[~ok].numpy()
+        x, idx = (x[ok], idx[ok]) if len(bad) else (x, idx)
+        if len(idx) == 0:
+            yield idx.numpy(), np.zeros((0, num_outputs), dtype=np.float32), bad
+            continue
+        with torch.no_grad():
+            logits = run(crop_data.to_model_input(x, device, mean, std))
+        if logits.ndim != 2 or logits.shape[1] != num_outputs:
+            raise utils.InputError(f'the model gives outputs of shape {tuple(logits.shape)}, '
+                                   f'not one score for each of {num_outputs} categories')
+        out = logits.float().sigmoid() if multilabel else logits.float().softmax(dim=1)
+        yield idx.numpy(), out.cpu().numpy(), bad
 
 
 @torch.no_grad()
@@ -36,28 +64,20 @@ def predict_probs(model: nn.Module | torch.jit.ScriptModule,
     each process returns every row. ``bf16`` runs the model under bfloat16
     autocast; probabilities then differ from float32 in about the third digit.
     """
-    from tqdm import tqdm
     model.eval()
     n = len(loader.dataset)  # type: ignore[arg-type]
     probs = np.zeros((n, num_outputs), dtype=np.float32)
     bad = np.zeros(n, dtype=np.float32)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    for x, y, _, idx in tqdm(crop_data.batches(loader), total=len(loader), desc=desc,
-                             leave=False, disable=None):
-        ok = crop_data.readable(y)
-        if not bool(ok.all()):
-            bad[idx[~ok].numpy()] = 1
-            x, idx = x[ok], idx[ok]
-            if len(idx) == 0:
-                continue
-        x = crop_data.to_model_input(x, device, mean, std)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
         with autocast:
-            logits = model(x)
-        if logits.shape[1] != num_outputs:
-            raise utils.InputError(f'the model has {logits.shape[1]} outputs but '
-                                   f'{num_outputs} categories were given')
-        out = logits.float().sigmoid() if multilabel else logits.float().softmax(dim=1)
-        probs[idx.numpy()] = out.cpu().numpy()
+            return model(x)
+
+    for idx, out, unread in iter_probs(run, loader, device, num_outputs, multilabel, mean,
+                                       std, desc):
+        probs[idx] = out
+        bad[unread] = 1
     if dist is not None and dist.enabled:
         probs, bad = dist.sum_(probs), dist.sum_(bad)
     return probs, np.flatnonzero(bad > 0).tolist()

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from classification import utils
+from classification import classifier_output, utils
 from detection.detector_output import (
     DEFAULT_DETECTION_CATEGORIES,
     FORMAT_VERSION,
@@ -240,7 +240,9 @@ def select_rows(df: pd.DataFrame, datasets: Sequence[str] | None, samples_per_la
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = utils.make_parser(__doc__)
-    parser.add_argument('classification_csv', help="run_classifier / evaluate_model CSV, or '-'")
+    parser.add_argument('classification_csv', nargs='+',
+                        help="run_classifier / evaluate_model CSV, or '-'; or all shard "
+                             'files of a run_classifier --shard run (paths or a quoted glob)')
     parser.add_argument('label_names_json', help='label index JSON of the CSV columns')
     parser.add_argument('-o', '--output-json', required=True, help="merged JSON, or '-'")
     parser.add_argument('-n', '--classifier-name', required=True,
@@ -282,13 +284,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
-    if args.classification_csv == '-' and '-' in (args.detection_json,
+    if '-' in args.classification_csv and '-' in (args.detection_json,
                                                   args.queried_images_json):
         raise utils.InputError('only one input can be read from stdin')
     labels = utils.load_label_index(args.label_names_json)
-    df = utils.read_csv(args.classification_csv, dtype={'path': str, 'label': str})
+    df = classifier_output.read_outputs(args.classification_csv,
+                                        dtype={'path': str, 'label': str})
     if 'path' not in df.columns:
-        raise utils.InputError(f'{args.classification_csv}: no "path" column')
+        raise utils.InputError(f'{args.classification_csv[0]}: no "path" column')
     df = select_rows(df, args.datasets, args.samples_per_label, args.seed)
     if args.detection_json:
         detections = check_document(utils.read_json(args.detection_json), args.detection_json)

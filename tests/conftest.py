@@ -90,6 +90,24 @@ def trained_run(base_logdir: Path) -> Path:
     return run
 
 
+@pytest.fixture(scope='session')
+def new_crops(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """crop_detections' square crops of the demo's new photos (threshold 0.2)."""
+    from classification import crop_detections
+    out = tmp_path_factory.mktemp('new')
+    assert crop_detections.main([str(project / 'new_photos' / 'detections.json'),
+                                 str(out / 'crops'), '-i', str(project / 'new_photos' / 'images'),
+                                 '-t', '0.2', '--square-crops', '--logdir', str(out)]) == 0
+    return out / 'crops'
+
+
+@pytest.fixture(scope='session')
+def model_files(trained_run: Path, base_logdir: Path) -> tuple[Path, Path]:
+    """(the trained run's TorchScript file, its label_index.json)."""
+    (compiled,) = trained_run.glob('ckpt_*_compiled.pt')
+    return compiled, base_logdir / 'label_index.json'
+
+
 def read_json(path: Path) -> dict:
     with open(path) as f:
         return json.load(f)

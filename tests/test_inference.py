@@ -10,24 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classification import crop_detections, run_classifier, utils
 from classification import merge_classification_detection_output as mcdo
+from classification import run_classifier, utils
 from tests.conftest import read_json, run_module
-
-
-@pytest.fixture(scope='module')
-def new_crops(project, tmp_path_factory):
-    out = tmp_path_factory.mktemp('new')
-    assert crop_detections.main([str(project / 'new_photos' / 'detections.json'),
-                                 str(out / 'crops'), '-i', str(project / 'new_photos' / 'images'),
-                                 '-t', '0.2', '--square-crops', '--logdir', str(out)]) == 0
-    return out / 'crops'
-
-
-@pytest.fixture(scope='module')
-def model_files(trained_run, base_logdir):
-    (compiled,) = trained_run.glob('ckpt_*_compiled.pt')
-    return compiled, base_logdir / 'label_index.json'
 
 
 def test_run_classifier_output(project, new_crops, model_files, tmp_path):
@@ -67,18 +52,17 @@ def test_missing_and_unreadable_crops_are_reported(project, new_crops, model_fil
     assert len(df) == len(files) - 2
 
 
-def test_bf16_agrees_with_float32(new_crops, model_files):
-    import torch
-
-    from classification.model_files import load_torchscript
+def test_bf16_agrees_with_float32(project, new_crops, model_files, tmp_path):
     model, label_index = model_files
     labels = utils.load_label_index(label_index)
-    crops = sorted(p.relative_to(new_crops).as_posix() for p in new_crops.rglob('*.jpg'))
-    ts = load_torchscript(model, torch.device('cpu'))
-    a, _ = run_classifier.classify(ts, str(new_crops), crops, labels, 32, 8, 0,
-                                   torch.device('cpu'))
-    b, _ = run_classifier.classify(ts, str(new_crops), crops, labels, 32, 8, 0,
-                                   torch.device('cpu'), bf16=True)
+    out = {}
+    for precision in ('fp32', 'bf16'):
+        out[precision] = tmp_path / f'{precision}.csv'
+        assert run_classifier.main([str(model), str(new_crops), str(out[precision]),
+                                    '--engine', 'torch', '--precision', precision,
+                                    '--batch-size', '8', '--num-workers', '0']) == 0
+    a, b = (pd.read_csv(out[p]) for p in ('fp32', 'bf16'))
+    assert list(a['path']) == list(b['path']) and len(a) >= 10
     assert np.abs(a[labels].to_numpy() - b[labels].to_numpy()).max() < 0.05
 
 

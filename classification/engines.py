@@ -1,0 +1,238 @@
+"""Inference engines for a classifier: PyTorch (TorchScript), OpenVINO, ONNX Runtime.
+
+OpenVINO and ONNX Runtime run an ONNX export of the TorchScript file. The export
+is made on first use and cached (``onnx_path``): beside the TorchScript file as
+``<name>.onnx`` where that folder is writable, else in the user cache folder.
+Each ONNX file records the SHA-256 of the TorchScript file it was made from, so
+a stale export (the TorchScript file replaced) is never used.
+
+``auto`` picks PyTorch on CUDA; on a CPU, OpenVINO where it is installed on an
+x86 CPU, else ONNX Runtime where installed, else PyTorch. The two ONNX engines
+are optional extras (``pip install .[openvino]`` / ``.[onnxruntime]``).
+
+Precision: ``fp32``, or ``bf16`` (PyTorch: bfloat16 autocast; OpenVINO: its
+bf16 inference precision, which needs AMX or AVX-512-BF16; ONNX Runtime has no
+bf16 CPU kernels and refuses it). ``auto`` is bf16 for OpenVINO on a CPU that
+has it (OpenVINO's own default there) and fp32 otherwise.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from classification import utils
+
+logger = logging.getLogger(__name__)
+
+ENGINES = ('auto', 'torch', 'openvino', 'onnxruntime')
+PRECISIONS = ('auto', 'fp32', 'bf16')
+ONNX_OPSET = 17
+_SOURCE_KEY = 'source_sha256'
+_MODULES = {'openvino': 'openvino', 'onnxruntime': 'onnxruntime'}
+
+
+def installed(engine: str) -> bool:
+    """Whether an engine's Python package can be imported."""
+    module = _MODULES.get(engine)
+    return module is None or importlib.util.find_spec(module) is not None
+
+
+def _x86() -> bool:
+    return platform.machine().lower() in ('x86_64', 'amd64', 'i686', 'x86')
+
+
+def resolve_engine(asked: str, device: torch.device) -> str:
+    """The engine to run: ``asked``, or for ``auto`` the fastest one installed.
+    An engine asked for but not installed, or an ONNX engine on CUDA, is refused."""
+    if asked not in ENGINES:
+        raise utils.InputError(f'--engine must be one of {ENGINES}')
+    if asked == 'auto':
+        if device.type != 'cpu':
+            return 'torch'
+        if _x86() and installed('openvino'):
+            return 'openvino'
+        return 'onnxruntime' if installed('onnxruntime') else 'torch'
+    if asked != 'torch':
+        if not installed(asked):
+            raise utils.InputError(f'--engine {asked}: {asked} is not installed (pip install '
+                                   f'"{asked}", or this project with its [{asked}] extra)')
+        if device.type != 'cpu':
+            raise utils.InputError(f'--engine {asked} runs on the CPU; use --engine torch '
+                                   'with a GPU')
+    return asked
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Where ONNX exports go when the model's folder is not writable."""
+    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    return Path(base) / 'camera-trap-classifier' / 'onnx'
+
+
+def onnx_source(path: str | os.PathLike[str]) -> str | None:
+    """The TorchScript SHA-256 an ONNX export records (None if unreadable/absent)."""
+    import onnx
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - any unreadable file is simply not a usable export
+        return None
+    return next((p.value for p in model.metadata_props if p.key == _SOURCE_KEY), None)
+
+
+def export_onnx(model: torch.nn.Module | torch.jit.ScriptModule, image_size: int,
+                path: str | os.PathLike[str], source_sha: str) -> Path:
+    """Writes ``model`` as ONNX (dynamic batch size; input ``x``, output ``logits``),
+    atomically, recording ``source_sha`` (the TorchScript file's SHA-256)."""
+    import warnings
+
+    import onnx
+    x = torch.zeros(1, 3, image_size, image_size)
+    out = Path(path)
+    with utils.atomic_path(out) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.onnx.export(model.cpu().eval(), (x,), str(tmp), dynamo=False,
+                          input_names=['x'], output_names=['logits'],
+                          dynamic_axes={'x': {0: 'n'}, 'logits': {0: 'n'}},
+                          opset_version=ONNX_OPSET)
+        proto = onnx.load(str(tmp))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = _SOURCE_KEY, source_sha
+        onnx.save(proto, str(tmp))
+    return out
+
+
+def onnx_path(model_path: str | os.PathLike[str], model: torch.nn.Module | torch.jit.ScriptModule,
+              image_size: int) -> Path:
+    """An ONNX export of the TorchScript file ``model_path`` (``model`` as loaded):
+    ``<name>.onnx`` beside it or in the cache folder when one made from this very
+    file exists, else a new export there (beside it if the folder is writable)."""
+    sha = file_sha256(model_path)
+    src = Path(model_path)
+    beside = src.with_suffix('.onnx')
+    cached = cache_dir() / f'{sha[:24]}_{image_size}.onnx'
+    for candidate in (beside, cached):
+        if candidate.is_file() and onnx_source(candidate) == sha:
+            return candidate
+    target = beside if os.access(src.parent, os.W_OK) and not beside.exists() else cached
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logger.info('exporting the model to ONNX (once): %s', target)
+    return export_onnx(model, image_size, target, sha)
+
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A loaded model: ``run`` takes a normalized float NCHW batch on ``device``
+    and returns float32 logits."""
+    name: str
+    precision: str
+    run: Runner
+
+
+def _torch_runner(model: torch.nn.Module | torch.jit.ScriptModule, device: torch.device,
+                  bf16: bool) -> Runner:
+    """Runs the model; a TorchScript model is first run once more on each new input
+    shape, so that every real batch runs the optimized (fused) graph: TorchScript's
+    profiling executor runs the first call of a shape unoptimized, whose results
+    differ at float rounding, and a resumed or sharded run would then differ from
+    an uninterrupted one."""
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    seen: set[tuple[int, ...]] = set()
+    warm = isinstance(model, torch.jit.ScriptModule)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), autocast:
+            if warm and tuple(x.shape) not in seen:
+                seen.add(tuple(x.shape))
+                model(x)
+            return model(x).float()
+    return run
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        import openvino as ov
+        caps = ov.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
+    except Exception:  # noqa: BLE001 - no OpenVINO: no bf16 there
+        return False
+    return 'BF16' in [str(c).upper() for c in caps]
+
+
+def _openvino_runner(path: Path, bf16: bool) -> Runner:
+    import openvino as ov
+    core = ov.Core()
+    config: dict[str, Any] = {'INFERENCE_PRECISION_HINT': 'bf16' if bf16 else 'f32',
+                              'PERFORMANCE_HINT': 'LATENCY'}
+    compiled = core.compile_model(str(path), 'CPU', config)
+    request = compiled.create_infer_request()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        out = request.infer({0: arr})
+        return torch.from_numpy(np.array(out[compiled.output(0)], dtype=np.float32))
+    return run
+
+
+def _onnxruntime_runner(path: Path) -> Runner:
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+    name = session.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(np.asarray(session.run(None, {name: arr})[0],
+                                           dtype=np.float32))
+    return run
+
+
+def resolve_precision(engine: str, asked: str, device: torch.device) -> str:
+    if asked not in PRECISIONS:
+        raise utils.InputError(f'--precision must be one of {PRECISIONS}')
+    if engine == 'onnxruntime' and asked == 'bf16':
+        raise utils.InputError('--engine onnxruntime has no bf16 on CPUs; use --engine '
+                               'openvino or torch for bf16')
+    if asked != 'auto':
+        return asked
+    return 'bf16' if engine == 'openvino' and _cpu_has_bf16() else 'fp32'
+
+
+def load_engine(engine: str, precision: str, model_path: str | os.PathLike[str],
+                model: torch.nn.Module | torch.jit.ScriptModule, image_size: int,
+                device: torch.device) -> Engine:
+    """The model ready to run on ``engine`` (already resolved) at ``precision``
+    (already resolved). ``model`` is the loaded TorchScript model; the torch engine
+    runs it (frozen with oneDNN fusion on CPUs in fp32), the others its ONNX export."""
+    from classification import model_files
+    if engine == 'torch':
+        bf16 = precision == 'bf16'
+        if bf16:
+            # autocast runs faster on the unfrozen graph with channels-last weights
+            model = model.to(memory_format=torch.channels_last)
+        elif device.type == 'cpu' and isinstance(model, torch.jit.ScriptModule):
+            model = model_files.optimize_for_cpu(model)
+        return Engine('torch', precision, _torch_runner(model, device, bf16))
+    path = onnx_path(model_path, model, image_size)
+    if engine == 'openvino':
+        return Engine('openvino', precision, _openvino_runner(path, precision == 'bf16'))
+    return Engine('onnxruntime', precision, _onnxruntime_runner(path))
