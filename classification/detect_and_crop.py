@@ -18,7 +18,9 @@ where it stopped.
 
 With --save-full-images, photos missing from --images-dir are first downloaded
 from their dataset's blob container (or copied from its local images_root), as
-the dataset's MegaDB entry says (--megadb), and kept in --images-dir.
+the dataset's MegaDB entry says (--megadb), and kept in --images-dir. With
+--fetch-missing-images they are read from there into memory, cropped and
+dropped: only the crops are written, never the full photos.
 
 Example:
     python -m classification.detect_and_crop run1/queried_images.json run1 \
@@ -37,7 +39,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from classification import cropping, utils
@@ -89,9 +92,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--save-full-images', action='store_true',
                         help='download photos missing from --images-dir from their '
                              "datasets' containers (MegaDB entries) and keep them there")
+    parser.add_argument('--fetch-missing-images', action='store_true',
+                        help='crop photos missing from --images-dir straight from their '
+                             "datasets' containers (MegaDB entries), in memory, without "
+                             'keeping them')
     parser.add_argument('--megadb', default=os.environ.get('MEGADB', DEFAULT_MEGADB),
-                        help='with --save-full-images: the MegaDB with the dataset entries '
-                             f'(default: $MEGADB or {DEFAULT_MEGADB})')
+                        help='with --save-full-images or --fetch-missing-images: the MegaDB '
+                             f'with the dataset entries (default: $MEGADB or {DEFAULT_MEGADB})')
     add_cosmos_key_flag(parser)
     parser.add_argument('-p', '--cropped-images-dir',
                         help='where to write crops (without it, nothing is cropped)')
@@ -104,6 +111,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error('--run-detector needs --images-dir (the local photos)')
     if args.save_full_images and not args.images_dir:
         parser.error('--save-full-images needs --images-dir (where to keep the photos)')
+    if args.save_full_images and args.fetch_missing_images:
+        parser.error('give one of --save-full-images (keep the photos) and '
+                     '--fetch-missing-images (keep only the crops)')
     return args
 
 
@@ -152,6 +162,34 @@ def fetch_missing_photos(keys: Sequence[str], args: argparse.Namespace
     return failures
 
 
+def megadb_fetcher(args: argparse.Namespace) -> Callable[[cropping.ImageJob], bytes]:
+    """Reads a photo from --images-dir when there, else from its dataset's container
+    or images_root (MegaDB entry), into memory only."""
+    from data_management import azure_blob
+    from data_management.megadb.downloads import failure_reason, fetch_bytes
+    with open_megadb(args.megadb, args.cosmos_key, must_exist=True) as db:
+        datasets = db.get_datasets()
+    containers: dict[str, Any] = {}
+    lock = threading.Lock()
+
+    def fetch(job: cropping.ImageJob) -> bytes:
+        if job.source is not None and job.source.exists():
+            return job.source.read_bytes()
+        dataset = job.key.split('/', 1)[0]
+        if dataset not in datasets:
+            raise cropping.ImageUnavailable(f'dataset {dataset} is not in the MegaDB')
+        try:
+            with lock:                           # each container opened once
+                if dataset not in containers and not datasets[dataset].get('images_root'):
+                    containers[dataset] = azure_blob.open_container(
+                        azure_blob.dataset_container_url(datasets[dataset]))
+            return fetch_bytes(job.key, datasets[dataset], containers)
+        except Exception as e:  # noqa: BLE001 - logged per photo, the run goes on
+            raise cropping.ImageUnavailable(failure_reason(e)) from e
+
+    return fetch
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
@@ -181,8 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.warning('%d images have no cached detections (run MegaDetector on them with '
                        '--run-detector, or cache its results with cache_batchapi_outputs)',
                        len(missing))
+    fetch = megadb_fetcher(args) if args.fetch_missing_images else None
     report = cropping.run_crop_jobs(jobs, args.square_crops, args.check_crops_valid,
-                                    args.threads)
+                                    args.threads, fetch)
     cropping.write_failure_log(report, args.output_dir, 'detect_and_crop',
                                {'images_without_detections': missing,
                                 'detector_failures': detector_failures,

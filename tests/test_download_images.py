@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -109,3 +110,16 @@ def test_detect_and_crop_save_full_images(tmp_path, azurite, fast_blob_retries, 
     assert 'photos: 0 downloaded, 1 already' in capsys.readouterr().err
     with pytest.raises(SystemExit):
         detect_and_crop.parse_args(args[:6] + ['--save-full-images'])    # no --images-dir
+    # --fetch-missing-images: crops straight from the container, the photo not kept
+    shutil.rmtree(tmp_path / 'images')
+    shutil.rmtree(tmp_path / 'crops')
+    fetch_args = [a for a in args if a != '--save-full-images'] + ['--fetch-missing-images']
+    assert detect_and_crop.main(fetch_args) == 0
+    assert (tmp_path / 'crops' / 'ds' / 'cam' / 'a.jpg___crop00.jpg').exists()
+    assert not (tmp_path / 'images').exists()
+    (log,) = (tmp_path / 'out').glob('detect_and_crop_log_*.json')
+    assert {f['file']: f['reason'] for f in read_json(log)['failures']} == {
+        'ds/missing.jpg': 'blob not found'}
+    assert sas.split('sig=')[1].split('&')[0] not in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        detect_and_crop.parse_args(fetch_args + ['--save-full-images'])

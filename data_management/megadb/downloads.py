@@ -49,25 +49,41 @@ def read_list(kind: str, path: str, key: str, save_key: str) -> list[tuple[str, 
     return out
 
 
+def fetch_bytes(name: str, entry: Mapping[str, Any], containers: dict[str, Any]) -> bytes:
+    """The bytes of one image (``<dataset>/<path>``) from its dataset's local
+    ``images_root`` or blob container (opened into ``containers`` on first use).
+    Raises FileNotFoundError, azure_blob.BlobNotFound, or the Azure/OS error."""
+    dataset, rel = name.split('/', 1)
+    if entry.get('images_root'):
+        return utils.safe_join(entry['images_root'], rel).read_bytes()
+    prefix = str(entry.get('path_prefix') or '').strip('/')
+    if dataset not in containers:
+        url = azure_blob.dataset_container_url(dict(entry))
+        containers[dataset] = azure_blob.open_container(url)
+    return azure_blob.download_bytes(containers[dataset], f'{prefix}/{rel}' if prefix else rel)
+
+
+def failure_reason(e: Exception) -> str:
+    """A loggable reason (no secrets) for an exception of ``fetch_bytes``."""
+    if isinstance(e, FileNotFoundError):
+        return 'not found in the local images root'
+    if isinstance(e, azure_blob.BlobNotFound):
+        return 'blob not found'
+    return azure_blob.safe_error(e)
+
+
 def fetch_one(name: str, dest: Path, entry: Mapping[str, Any], containers: dict[str, Any]
               ) -> str | None:
     """Copies or downloads one image to dest (atomically); returns a failure reason or None."""
-    dataset, rel = name.split('/', 1)
-    prefix = str(entry.get('path_prefix') or '').strip('/')
-    blob = f'{prefix}/{rel}' if prefix else rel
     try:
         if entry.get('images_root'):
-            src = utils.safe_join(entry['images_root'], rel)
+            src = utils.safe_join(entry['images_root'], name.split('/', 1)[1])
             with utils.atomic_path(dest) as tmp:
                 shutil.copyfile(src, tmp)
             return None
-        data = azure_blob.download_bytes(containers[dataset], blob)
-    except FileNotFoundError:
-        return 'not found in the local images root'
-    except azure_blob.BlobNotFound:
-        return 'blob not found'
+        data = fetch_bytes(name, entry, containers)
     except Exception as e:  # AzureError and OS errors: log and go on
-        return azure_blob.safe_error(e)
+        return failure_reason(e)
     with utils.atomic_path(dest) as tmp:
         tmp.write_bytes(data)
     return None

@@ -1,0 +1,226 @@
+"""run_classifier at archive scale, side by side with the original (bench/.venv-original).
+
+1. Classifier speed end to end (decode + model): the original's run_classifier and
+   ours with each engine (torch fp32, ONNX Runtime fp32, OpenVINO fp32 and bf16,
+   and what ``--engine auto`` picks) classify the same crop files with the same
+   TorchScript model at the model's size, same batch size and workers; crops/s of
+   the step (imports excluded, bench/_timed_run.py, best of --repeats) and the
+   share of crops whose top-1 label equals the original's (float32).
+2. Photos -> classifications: the real photos of ../shared/data/real_camera_traps
+   copied to --copies x 15 files (with their detections); the original's
+   crop_detections + run_classifier chain vs ours --from-photos (one step), and
+   the share of crops whose top-1 label equals the original chain's.
+
+The ONNX exports are made once before timing (run_classifier caches them beside
+the model file); the one-time export is timed separately.
+
+Models: trained classifiers at 224 px (top-1 agreement means little for random
+weights), e.g. from the demo:
+    DEMO_DIR=bench/out/demo224 DEMO_IMAGE_SIZE=224 DEMO_EPOCHS=3 bash demo/run_demo.sh
+    .venv/bin/python -m classification.train_classifier bench/out/demo224/base_logdir \
+        bench/out/demo224/crops -m efficientnet-b0 --image-size 224 --epochs 2 \
+        --batch-size 32 --logdir bench/out/demo224/b0 --num-workers 1 --amp
+Example:
+    .venv/bin/python bench/bench_archive.py --models bench/out/demo224/base_logdir/*/ckpt_*_compiled.pt \
+        bench/out/demo224/b0/*/ckpt_*_compiled.pt
+
+Prints Markdown tables for docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+OURS = sys.executable
+ORIGINAL = str(REPO / 'bench' / '.venv-original' / 'bin' / 'python')
+REAL = REPO.parent / 'shared' / 'data' / 'real_camera_traps'
+ENGINES = [('torch fp32', ['--engine', 'torch', '--precision', 'fp32']),
+           ('onnxruntime fp32', ['--engine', 'onnxruntime', '--precision', 'fp32']),
+           ('openvino fp32', ['--engine', 'openvino', '--precision', 'fp32']),
+           ('openvino bf16', ['--engine', 'openvino', '--precision', 'bf16']),
+           ('auto (default)', [])]
+
+
+def slug(name: str) -> str:
+    return re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')
+
+
+def timed(python: str, module: str, *args: str) -> float:
+    proc = subprocess.run([python, str(REPO / 'bench' / '_timed_run.py'), module, *args],
+                          capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, 'PYTHONPATH': ''})
+    if proc.returncode != 0:
+        raise RuntimeError(f'{module} failed:\n{proc.stderr[-2000:]}')
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])['seconds'])
+
+
+def top1(path: Path) -> pd.Series:
+    """Top-1 label per crop, keyed by (photo, box index): the original names crops
+    with the raw detector string, ours with its version."""
+    df = pd.read_csv(path)
+    df['path'] = df['path'].map(
+        lambda p: re.sub(r'___crop(\d\d).*$', r'#\1', os.path.normpath(str(p))))
+    df = df.set_index('path').sort_index()
+    return df.idxmax(axis=1)
+
+
+def agreement(a: pd.Series, b: pd.Series) -> float:
+    common = a.index.intersection(b.index)
+    return float((a[common] == b[common]).mean()) if len(common) else float('nan')
+
+
+def model_size(model: Path) -> int:
+    import torch
+
+    from classification import model_files
+    _, info, _ = model_files.load_classifier(model, torch.device('cpu'))
+    return info.image_size if info else 224
+
+
+def export_once(model: Path, size: int) -> float:
+    import torch
+
+    from classification import engines, model_files
+    m, _, _ = model_files.load_classifier(model, torch.device('cpu'))
+    t = time.perf_counter()
+    engines.onnx_path(model, m, size)
+    return time.perf_counter() - t
+
+
+def bench_engines(model: Path, crops: Path, work: Path, batch: int, workers: int,
+                  repeats: int) -> list[str]:
+    size = model_size(model)
+    export_s = export_once(model, size)
+    common = [str(model), str(crops), '', '--image-size', str(size), '--batch-size', str(batch),
+              '--num-workers', str(workers)]
+    runs = [('original', ORIGINAL, 'megadetector.classification.run_classifier', [])] + [
+        (name, OURS, 'classification.run_classifier', flags) for name, flags in ENGINES]
+    times: dict[str, list[float]] = {name: [] for name, *_ in runs}
+    for _ in range(repeats):
+        for name, python, module, flags in runs:
+            args = list(common)
+            args[2] = str(work / f'{model.parent.name}_{slug(name)}.csv')
+            times[name].append(timed(python, module, *args, *flags))
+    n = len(pd.read_csv(work / f'{model.parent.name}_original.csv'))
+    ref = top1(work / f'{model.parent.name}_original.csv')
+    rows = []
+    for name, _python, _module, _flags in runs:
+        out = work / f'{model.parent.name}_{slug(name)}.csv'
+        best = min(times[name])
+        rows.append(f'| {model.name} ({size} px) | {name} | {n} | {n / best:.1f} | '
+                    f'{min(times["original"]) / best:.2f}x | {agreement(top1(out), ref):.2%} |')
+    rows.append(f'| {model.name} | (one-time ONNX export) | | {export_s:.1f} s | | |')
+    return rows
+
+
+def archive_copy(work: Path, copies: int) -> tuple[Path, Path]:
+    """The real photos copied ``copies`` times, and their detections to match."""
+    photos = work / 'photos'
+    det_path = work / 'detections.json'
+    if det_path.exists():
+        return photos, det_path
+    doc = json.loads((REAL / 'md_v5a_detections.json').read_text())
+    images = []
+    for c in range(copies):
+        for entry in doc['images']:
+            src = REAL / 'images' / entry['file']
+            name = f'copy{c:03d}/{entry["file"]}'
+            (photos / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, photos / name)
+            images.append({**entry, 'file': name})
+    det_path.write_text(json.dumps({**doc, 'images': images}))
+    return photos, det_path
+
+
+def bench_photos(model: Path, work: Path, copies: int, batch: int, workers: int,
+                 threshold: float) -> list[str]:
+    photos, dets = archive_copy(work, copies)
+    size = model_size(model)
+    export_once(model, size)
+    tag = model.parent.name
+    crops = work / f'crops_original_{tag}'
+    shutil.rmtree(crops, ignore_errors=True)
+    common = ['--image-size', str(size), '--batch-size', str(batch), '--num-workers',
+              str(workers)]
+    t_crop = timed(ORIGINAL, 'megadetector.classification.crop_detections', str(dets),
+                   str(crops), '--images-dir', str(photos), '--threshold', str(threshold),
+                   '--square-crops', '--threads', '2', '--logdir', str(work))
+    t_cls = timed(ORIGINAL, 'megadetector.classification.run_classifier', str(model),
+                  str(crops), str(work / f'orig_{tag}.csv'), '-d', str(dets), *common)
+    n = len(pd.read_csv(work / f'orig_{tag}.csv'))
+    ref = top1(work / f'orig_{tag}.csv')
+    rows = [f'| {model.name} | original crop_detections + run_classifier | {n} | '
+            f'{t_crop + t_cls:.1f} ({t_crop:.1f} + {t_cls:.1f}) | {n / (t_crop + t_cls):.1f} '
+            '| 1.00x | - |']
+    for name, flags in [('ours --from-photos, auto engine', []),
+                        ('ours --from-photos, openvino fp32',
+                         ['--engine', 'openvino', '--precision', 'fp32']),
+                        ('ours --from-photos, torch fp32',
+                         ['--engine', 'torch', '--precision', 'fp32'])]:
+        out = work / f'ours_{tag}_{slug(name)}.csv'
+        t = timed(OURS, 'classification.run_classifier', str(model), str(photos), str(out),
+                  '--from-photos', '-d', str(dets), '-t', str(threshold), '--square-crops',
+                  *common, *flags)
+        rows.append(f'| {model.name} | {name} | {len(pd.read_csv(out))} | {t:.1f} | '
+                    f'{n / t:.1f} | {(t_crop + t_cls) / t:.2f}x | '
+                    f'{agreement(top1(out), ref):.2%} |')
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--models', nargs='+', required=True, type=Path,
+                        help='trained TorchScript classifiers (e.g. ResNet-18, EfficientNet-B0)')
+    parser.add_argument('--work', default='bench/out/archive', type=Path)
+    parser.add_argument('--copies', type=int, default=20, help='copies of the 15 real photos')
+    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--num-workers', type=int, default=0)
+    parser.add_argument('--repeats', type=int, default=2)
+    parser.add_argument('--threshold', type=float, default=0.2)
+    parser.add_argument('--skip-engines', action='store_true')
+    args = parser.parse_args()
+    if not Path(ORIGINAL).exists():
+        sys.exit('run bench/setup_original.sh first')
+    if not REAL.exists():
+        sys.exit(f'{REAL} not found')
+    args.work.mkdir(parents=True, exist_ok=True)
+    photos, dets = archive_copy(args.work, args.copies)
+    crops = args.work / 'crops'
+    if not crops.exists():
+        subprocess.run([OURS, '-m', 'classification.crop_detections', str(dets), str(crops),
+                        '--images-dir', str(photos), '--threshold', str(args.threshold),
+                        '--square-crops', '--threads', '2', '--logdir', str(args.work)],
+                       check=True, cwd=REPO, capture_output=True)
+    if not args.skip_engines:
+        print(f'### run_classifier end to end ({sum(1 for _ in crops.rglob("*.jpg"))} crops of '
+              f'the real photos x {args.copies}, batch {args.batch_size}, --num-workers '
+              f'{args.num_workers})\n')
+        print('| model | run | crops | crops/s | vs original | top-1 = original fp32 |')
+        print('|---|---|---|---|---|---|')
+        for model in args.models:
+            for row in bench_engines(model, crops, args.work, args.batch_size,
+                                     args.num_workers, args.repeats):
+                print(row, flush=True)
+    print(f'\n### photos -> classifications ({args.copies} x 15 real photos, threshold '
+          f'{args.threshold}, square crops)\n')
+    print('| model | run | crops | seconds | crops/s | vs original | top-1 = original |')
+    print('|---|---|---|---|---|---|---|')
+    for model in args.models:
+        for row in bench_photos(model, args.work, args.copies, args.batch_size,
+                                args.num_workers, args.threshold):
+            print(row, flush=True)
+
+
+if __name__ == '__main__':
+    main()
