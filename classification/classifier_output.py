@@ -18,58 +18,24 @@ table one unsharded run gives, and refuses a missing, repeated or foreign shard.
 from __future__ import annotations
 
 import csv
-import glob
 import hashlib
 import io
 import json
 import logging
-import os
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import pandas as pd
 
-from classification import utils
+from classification import shards, utils
+from classification.shards import Shard
 
 logger = logging.getLogger(__name__)
 
 PART_SUFFIX = '.part'
-MANIFEST_SUFFIX = '.shard.json'
 _RUN_PREFIX = '#run '
-
-
-@dataclass(frozen=True)
-class Shard:
-    """The K-th (1-based) of N shards."""
-    k: int = 1
-    n: int = 1
-
-    def take(self, items: Sequence[Any]) -> list[Any]:
-        """This shard's contiguous share of ``items`` (shares differ by at most one)."""
-        total = len(items)
-        return list(items[(self.k - 1) * total // self.n: self.k * total // self.n])
-
-    def sub(self, rank: int, world_size: int) -> Shard:
-        """Part ``rank`` of ``world_size`` of this shard, as a shard of the whole (its
-        contiguous share is exactly that part of this shard's share)."""
-        return Shard((self.k - 1) * world_size + rank + 1, self.n * world_size)
-
-
-def parse_shard(text: str) -> Shard:
-    """``K/N`` with 1 <= K <= N (an argparse type)."""
-    import argparse
-    try:
-        k_text, n_text = text.split('/')
-        k, n = int(k_text), int(n_text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'{text!r}: expected K/N, e.g. 1/4') from None
-    if n < 1 or not 1 <= k <= n:
-        raise argparse.ArgumentTypeError(f'{text!r}: K must be from 1 to N (shards are '
-                                         'numbered 1/N to N/N)')
-    return Shard(k, n)
 
 
 def run_id(**parts: Any) -> str:
@@ -174,85 +140,21 @@ def finish(output: str, parts: Sequence[PartFile], columns: Sequence[str],
                 else:
                     bad += 1
     if manifest is not None and output != '-':
-        utils.write_json({**manifest, 'rows': n}, output + MANIFEST_SUFFIX, indent=1)
+        shards.write_manifest(output, {**manifest, 'rows': n})
     for part in parts:
         part.close()
         part.path.unlink(missing_ok=True)
     return n, bad
 
 
-def expand(paths: Iterable[str]) -> list[str]:
-    """Paths with glob patterns expanded (sorted); '-' and plain paths as given."""
-    out: list[str] = []
-    for p in paths:
-        if p != '-' and glob.has_magic(p):
-            found = sorted(glob.glob(p))
-            if not found:
-                raise utils.InputError(f'{p}: no file matches')
-            out.extend(found)
-        else:
-            out.append(p)
-    return out
-
-
-def _manifest(path: str) -> dict[str, Any] | None:
-    mpath = path + MANIFEST_SUFFIX
-    if path == '-' or not os.path.exists(mpath):
-        return None
-    doc = utils.require_mapping(utils.read_json(mpath), mpath)
-    if not (isinstance(doc.get('run'), str) and all(
-            isinstance(doc.get(k), int) and not isinstance(doc.get(k), bool)
-            for k in ('shard', 'shards')) and 1 <= doc['shard'] <= doc['shards']):
-        raise utils.InputError(f'{mpath}: not a shard manifest of run_classifier')
-    return dict(doc)
-
-
-def check_shards(paths: Sequence[str]) -> list[str]:
-    """The files in shard order, if together they are one whole run; refuses
-    shards of different runs, a shard missing or given twice, and unsharded files
-    among shards or given several at once."""
-    twice = next((p for p in paths if paths.count(p) > 1), None)
-    if twice is not None:
-        raise utils.InputError(f'{twice}: given twice')
-    manifests = {p: _manifest(p) for p in paths}
-    sharded = {p: m for p, m in manifests.items() if m is not None and m['shards'] > 1}
-    if not sharded:
-        if len(paths) > 1:
-            raise utils.InputError(f'{len(paths)} files given, but they are not shards of '
-                                   'one run_classifier --shard run (no .shard.json beside them)')
-        return list(paths)
-    plain = [p for p in paths if p not in sharded]
-    if plain:
-        raise utils.InputError(f'{plain[0]}: not a shard, given with shard files')
-    runs = {m['run'] for m in sharded.values()}
-    if len(runs) > 1:
-        raise utils.InputError('the shard files are of different runs (model, crops or '
-                               'settings differ): ' + ', '.join(sorted(paths)[:4]))
-    n = next(iter(sharded.values()))['shards']
-    seen: dict[int, str] = {}
-    for p, m in sharded.items():
-        if m['shards'] != n:
-            raise utils.InputError(f'{p}: shard of {m["shards"]}, others of {n}')
-        if m['shard'] in seen:
-            raise utils.InputError(f'{p} and {seen[m["shard"]]} are both shard '
-                                   f'{m["shard"]}/{n}')
-        seen[m['shard']] = p
-    missing = sorted(set(range(1, n + 1)) - set(seen))
-    if missing:
-        raise utils.InputError(f'shard{"s" if len(missing) > 1 else ""} '
-                               f'{", ".join(f"{k}/{n}" for k in missing[:10])} of the run '
-                               'not given')
-    return [seen[k] for k in range(1, n + 1)]
-
-
 def read_outputs(paths: Sequence[str], **kwargs: Any) -> pd.DataFrame:
     """One table from run_classifier outputs: one file, or every shard file of a run
     (paths or glob patterns, any order), the rows as one unsharded run writes them
     (shards hold contiguous shares of the sorted crops)."""
-    files = expand(paths)
+    files = shards.expand(paths)
     if '-' in files and len(files) > 1:
         raise utils.InputError("'-' (stdin) cannot be combined with other files")
-    files = check_shards(files)
+    files = shards.check_shards(files, 'run_classifier --shard')
     frames = [utils.read_csv(p, **kwargs) for p in files]
     if len(frames) == 1:
         return frames[0]

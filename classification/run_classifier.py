@@ -66,8 +66,9 @@ from classification import (
     models,
     utils,
 )
-from classification.classifier_output import PartFile, Shard
+from classification.classifier_output import PartFile
 from classification.distributed import Dist
+from classification.shards import Shard, parse_shard
 from detection.detector_output import (
     Detection,
     animal_category_ids,
@@ -233,7 +234,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='fp32 or bf16 (default: auto, bf16 only with OpenVINO on a CPU '
                              'that has it)')
     parser.add_argument('--bf16', action='store_true', help='same as --precision bf16')
-    parser.add_argument('--shard', type=classifier_output.parse_shard, default=None,
+    parser.add_argument('--shard', type=parse_shard, default=None,
                         metavar='K/N', help='classify only the K-th of N shares of the crops')
     args = parser.parse_args(argv)
     if args.bf16:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from classification import classifier_output, engines, run_classifier, utils
+from classification import classifier_output, engines, run_classifier, shards, utils
 from tests.conftest import REPO, run_module
 
 DETS = ('new_photos', 'detections.json')
@@ -242,8 +242,8 @@ def test_part_file_cuts_a_half_written_row(tmp_path):
 def test_shard_shares_cover_every_item_once():
     items = list(range(103))
     for n in (1, 2, 7, 200):
-        parts = [classifier_output.Shard(k, n).take(items) for k in range(1, n + 1)]
+        parts = [shards.Shard(k, n).take(items) for k in range(1, n + 1)]
         assert sum(parts, []) == items
         for k in range(1, n + 1):
-            sub = [classifier_output.Shard(k, n).sub(r, 3).take(items) for r in range(3)]
+            sub = [shards.Shard(k, n).sub(r, 3).take(items) for r in range(3)]
             assert sum(sub, []) == parts[k - 1]
