@@ -7,7 +7,7 @@
  * conversion or upsampling; jpeg_crop_scanline() limits all of that work to
  * the region's columns; and decoding stops after the region's last row.
  *
- * decode_region(data, left, top, right, bottom) returns
+ * decode_region(data, left, top, right, bottom[, scale]) returns
  *     (pixels: bytes, mode: 'RGB' | 'L', width, height, x, y)
  * for a rectangle that contains the requested one: widened by one iMCU (8 or
  * 16 pixels, or more for unusual sampling) on every side, so that the
@@ -15,6 +15,11 @@
  * (upsampling at the edge of a cropped decode uses no neighbours), then
  * aligned to the iMCU grid by libjpeg. (x, y) is the top-left corner of the
  * returned rectangle in the photo.
+ *
+ * scale (1, 2, 4 or 8; default 1) decodes at 1/scale of the size, with
+ * libjpeg's scaled inverse DCT (as Pillow's draft mode): the box is given in
+ * full-size pixels, the result (size and corner) is in scaled pixels of a photo
+ * of ceil(width / scale) x ceil(height / scale).
  *
  * Raises ValueError for what it does not decode (CMYK/YCCK, 12-bit, ...), and
  * OSError when libjpeg reports an error or any warning (corrupt data, data
@@ -66,9 +71,14 @@ static JDIMENSION clamp(long v, long lo, long hi)
 static PyObject *decode_region(PyObject *self, PyObject *args)
 {
     Py_buffer view;
-    long left, top, right, bottom;
-    if (!PyArg_ParseTuple(args, "y*llll", &view, &left, &top, &right, &bottom))
+    long left, top, right, bottom, scale = 1;
+    if (!PyArg_ParseTuple(args, "y*llll|l", &view, &left, &top, &right, &bottom, &scale))
         return NULL;
+    if (scale != 1 && scale != 2 && scale != 4 && scale != 8) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "scale must be 1, 2, 4 or 8");
+        return NULL;
+    }
 
     struct jpeg_decompress_struct cinfo;
     region_error err;
@@ -109,12 +119,18 @@ static PyObject *decode_region(PyObject *self, PyObject *args)
         status = UNSUPPORTED;
         goto done;
     }
+    cinfo.scale_num = 1;
+    cinfo.scale_denom = (unsigned int)scale;
     jpeg_start_decompress(&cinfo);
 
     {
         long imcu_w = (long)cinfo.max_h_samp_factor * DCTSIZE;
         long imcu_h = (long)cinfo.max_v_samp_factor * DCTSIZE;
         long full_w = (long)cinfo.output_width, full_h = (long)cinfo.output_height;
+        left = left / scale;                       /* to scaled pixels, covering the box */
+        top = top / scale;
+        right = (right + scale - 1) / scale;
+        bottom = (bottom + scale - 1) / scale;
         if (left >= right || top >= bottom) {
             status = UNSUPPORTED;
             goto done;
@@ -203,9 +219,10 @@ done:
 
 static PyMethodDef methods[] = {
     {"decode_region", decode_region, METH_VARARGS,
-     "decode_region(data, left, top, right, bottom) -> (pixels, mode, width, height, x, y)\n\n"
+     "decode_region(data, left, top, right, bottom[, scale]) -> (pixels, mode, width, height, x, y)\n\n"
      "Decodes the part of a JPEG that covers the box (exactly as a full decode would),\n"
-     "plus a margin of at most two iMCUs per side."},
+     "plus a margin of at most two iMCUs per side; with scale 2, 4 or 8 at that fraction\n"
+     "of the size (result in scaled pixels)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -2,5 +2,5 @@
 
 LIBJPEG_VERSION: int
 
-def decode_region(data: bytes, left: int, top: int, right: int,
-                  bottom: int, /) -> tuple[bytes, str, int, int, int, int]: ...
+def decode_region(data: bytes, left: int, top: int, right: int, bottom: int,
+                  scale: int = 1, /) -> tuple[bytes, str, int, int, int, int]: ...

@@ -27,7 +27,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 from classification import utils
-from classification.cropping import PhotoFile, to_rgb
+from classification.cropping import PhotoFile, scale_box, to_rgb
 from classification.model_files import IMAGENET_MEAN, IMAGENET_STD
 
 T_co = TypeVar('T_co')
@@ -362,11 +362,10 @@ class PhotoCropDataset(CropDataset):
         box = utils.crop_box(self.boxes[i], *photo.size, self.square)
         if box is None:
             raise ValueError('box has zero area or lies outside the image')
-        crop = photo.decode([box]).crop(box)
-        # as a saved crop is opened (open_crop: libjpeg scales by 1/2, 1/4 or 1/8
-        # while decoding, keeping at least decode_size), here by box averaging
-        factor = draft_factor(crop.size, self.decode_size)
-        return crop.reduce(factor) if factor > 1 else crop
+        # decoded at the scale libjpeg would decode the saved crop at (open_crop's
+        # draft mode: 1/2, 1/4 or 1/8 while still at least decode_size)
+        factor = draft_factor((box[2] - box[0], box[3] - box[1]), self.decode_size)
+        return photo.decode([box], factor).crop(scale_box(box, factor))
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

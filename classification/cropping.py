@@ -192,16 +192,19 @@ class PhotoFile:
         """(width, height) upright."""
         return _upright_size(self._img.size, self.orientation)
 
-    def decode(self, boxes: Sequence[PixelBox] | None = None) -> Photo:
+    def decode(self, boxes: Sequence[PixelBox] | None = None, scale: int = 1) -> Photo:
         """Decodes the photo, or with ``boxes`` (upright pixel boxes) possibly only
-        the part of it they need.
+        the part of it they need; ``scale`` (1, 2, 4, 8) decodes at that fraction of
+        the size (boxes then go to ``Photo.crop`` through ``scale_box``).
 
         A complete baseline or progressive 8-bit RGB/grayscale JPEG is decoded
         by region (classification._jpegregion: libjpeg-turbo skips the inverse
         DCT and colour conversion outside the boxes and stops after their last
-        row); the pixels inside the boxes are identical to a full decode's.
+        row, and scales with its scaled inverse DCT as Pillow's draft mode does);
+        at scale 1 the pixels inside the boxes are identical to a full decode's.
         Anything else, or anything the region decoder rejects, is decoded whole
-        by Pillow, which then decides whether the photo is readable.
+        by Pillow (which then decides whether the photo is readable) and reduced
+        by box averaging.
         """
         whole = Photo(self._img, self.orientation)
         if boxes and _jpegregion is not None and self._img.format == 'JPEG' \
@@ -214,20 +217,33 @@ class PhotoFile:
             if left < right and top < bottom:
                 try:
                     pixels, mode, w, h, x, y = _jpegregion.decode_region(
-                        self.data, left, top, right, bottom)
+                        self.data, left, top, right, bottom, scale)
                 except (OSError, ValueError) as e:
                     logger.debug('region decoding failed (%s); decoding whole', e)
                 else:
                     if mode == self._img.mode:
                         # only the boxes' union, unpacked straight from the wider
                         # decoded rows (no zero-fill, no second copy)
+                        scaled = (-(-sw // scale), -(-sh // scale))
+                        left, top = left // scale, top // scale
+                        right = min(scaled[0], -(-right // scale))
+                        bottom = min(scaled[1], -(-bottom // scale))
                         channels = 3 if mode == 'RGB' else 1
                         start = ((top - y) * w + (left - x)) * channels
                         union = Image.new(mode, (right - left, bottom - top), None)
                         union.frombytes(memoryview(pixels)[start:], 'raw', mode, w * channels, 1)
-                        return Photo(union, self.orientation, (sw, sh), (left, top))
+                        return Photo(union, self.orientation, scaled, (left, top))
         self._img.load()
+        if scale > 1:
+            return Photo(self._img.reduce(scale), self.orientation)
         return whole
+
+
+def scale_box(box: PixelBox, scale: int) -> PixelBox:
+    """A pixel box in a photo decoded at 1/``scale`` (covering the box)."""
+    if scale == 1:
+        return box
+    return (box[0] // scale, box[1] // scale, -(-box[2] // scale), -(-box[3] // scale))
 
 
 def open_photo(source: Any) -> Photo:

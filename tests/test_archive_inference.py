@@ -204,7 +204,10 @@ def test_classifying_from_photos_matches_the_two_step_route(project, model_files
     clear = top2[:, 1] - top2[:, 0] > 0.02
     assert clear.sum() >= 5
     assert (p.argmax(1) == q.argmax(1))[clear].all()
-    np.testing.assert_allclose(p, q, atol=0.02)       # JPEG re-encoding is the difference
+    # the differences: JPEG re-encoding of saved crops, and libjpeg's 1/2-1/8 scaled
+    # decoding aligned to the photo's blocks instead of the crop's (this 32 px model
+    # sees crops decoded at 1/8; top-1 agreement on real photos: bench/bench_archive.py)
+    np.testing.assert_allclose(p, q, atol=0.05)
 
 
 def test_from_photos_reports_missing_and_unreadable_photos(project, model_files, baseline,

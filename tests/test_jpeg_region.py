@@ -67,6 +67,33 @@ def test_region_pixels_equal_full_decode(mode, subsampling, extra):
                                   full[top:bottom, left:right]), (w, h, left, top, right, bottom)
 
 
+@pytest.mark.parametrize('scale', [2, 4, 8])
+@pytest.mark.parametrize('subsampling', [0, 2])
+def test_scaled_region_equals_pillows_draft_decode(scale, subsampling):
+    """decode_region(..., scale) gives the pixels of Pillow's draft (scaled-DCT) decode
+    of the whole photo, for a region covering the box in scaled pixels."""
+    from classification import _jpegregion
+    rng = np.random.default_rng(scale + subsampling)
+    w, h = 517, 389
+    data = _jpeg(rng, w, h, quality=90, subsampling=subsampling)
+    with Image.open(io.BytesIO(data)) as im:
+        im.draft('RGB', (w // scale, h // scale))
+        full = np.asarray(im.convert('RGB'))
+    assert full.shape[:2] == (-(-h // scale), -(-w // scale))
+    for _ in range(10):
+        left, top = int(rng.integers(0, w - 1)), int(rng.integers(0, h - 1))
+        right, bottom = int(rng.integers(left + 1, w + 1)), int(rng.integers(top + 1, h + 1))
+        pixels, _, rw, rh, x, y = _jpegregion.decode_region(data, left, top, right, bottom,
+                                                           scale)
+        sl, st, sr, sb = cropping.scale_box((left, top, right, bottom), scale)
+        sr, sb = min(sr, full.shape[1]), min(sb, full.shape[0])
+        assert x <= sl and y <= st and x + rw >= sr and y + rh >= sb
+        region = np.frombuffer(pixels, np.uint8).reshape(rh, rw, 3)
+        assert np.array_equal(region[st - y:sb - y, sl - x:sr - x], full[st:sb, sl:sr])
+    with pytest.raises(ValueError, match='scale'):
+        _jpegregion.decode_region(data, 0, 0, 10, 10, 3)
+
+
 def test_region_of_a_large_photo_is_small():
     """A box in the middle of a big photo decodes little more than the box."""
     from classification import _jpegregion
