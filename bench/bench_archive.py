@@ -65,13 +65,14 @@ def timed(python: str, module: str, *args: str) -> float:
 
 
 def top1(path: Path) -> pd.Series:
-    """Top-1 label per crop, keyed by (photo, box index): the original names crops
-    with the raw detector string, ours with its version."""
+    """Top-1 column (label index order in both) per crop, keyed by (photo, box
+    index): the original names crops with the raw detector string, ours with its
+    version, and its columns by index where ours carry the model's labels."""
     df = pd.read_csv(path)
     df['path'] = df['path'].map(
         lambda p: re.sub(r'___crop(\d\d).*$', r'#\1', os.path.normpath(str(p))))
     df = df.set_index('path').sort_index()
-    return df.idxmax(axis=1)
+    return pd.Series(df.to_numpy().argmax(axis=1), index=df.index)
 
 
 def agreement(a: pd.Series, b: pd.Series) -> float:

@@ -2,14 +2,16 @@
 
 A document looks like::
 
-    {"info": {"format_version": "1.4", "detector": "md_v5a.0.0.pt", ...},
+    {"info": {"format_version": "1.6", "detector": "md_v5a.0.0.pt", ...},
      "detection_categories": {"1": "animal", "2": "person", "3": "vehicle"},
      "images": [{"file": "loc1/img.jpg", "max_detection_conf": 0.9,
                  "detections": [{"category": "1", "conf": 0.9,
                                  "bbox": [x_min, y_min, width, height]}]},
-                {"file": "loc1/bad.jpg", "failure": "Failure image access"}]}
+                {"file": "loc1/bad.jpg", "failure": "image access failure"}]}
 
-Boxes are normalized to [0, 1] with the origin at the top left.
+Boxes are normalized to [0, 1] with the origin at the top left. ``FORMAT_VERSION``
+is the version merge_classification_detection_output raises older files to (the
+first with classifications); run_detector_batch writes MegaDetector's current one.
 """
 from __future__ import annotations
 

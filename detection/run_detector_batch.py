@@ -3,26 +3,54 @@ r"""Run MegaDetector (a YOLOv5-format TorchScript export) on photos; write batch
 MegaDetector v5 is a YOLOv5 model. Its released ``.pt`` files are Python
 pickles of YOLOv5 classes, which this project does not unpickle (checkpoints
 are only loaded with ``weights_only=True``); export it once to TorchScript with
-YOLOv5's exporter, at the size it runs at:
+YOLOv5's exporter, with dynamic input shapes (photos are letterboxed to
+rectangles whose size depends on their aspect ratio):
 
-    python export.py --weights md_v5a.0.0.pt --include torchscript --imgsz 1280
+    python export.py --weights md_v5a.0.0.pt --include torchscript --imgsz 1280 --dynamic
 
-and give the resulting ``md_v5a.0.0.torchscript`` here. Each photo (EXIF
-orientation applied, as MegaDetector does) is letterboxed to --image_size
-(scaled to fit, padded with grey 114), the model's raw predictions are turned
-into boxes as YOLOv5 does (confidence = objectness x class score, boxes at least
---threshold, class-wise NMS at IoU 0.45, at most 300 per photo) and mapped back
-to the photo as normalized ``[x_min, y_min, width, height]`` with 4 decimals
-and confidences with 3; categories 1 animal, 2 person, 3 vehicle.
+(in a checkout of github.com/ultralytics/yolov5; with torch >= 2.6 and a YOLOv5
+release that loads checkpoints with torch's default ``weights_only=True``,
+prefix ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, for this one trusted file) and
+give the resulting ``md_v5a.0.0.torchscript`` here. An export without
+``--dynamic`` only accepts its one input shape and is refused with this hint.
 
-Input: a folder (its images; with --recursive, its subfolders' too), or a .json
-list / .txt file of image paths. Photos that cannot be read get
-``"failure": "Failure image access"`` and ``"detections": null``; the run goes
-on. With --checkpoint_frequency N, results so far are written every N photos
-to --checkpoint_path (default ``md_checkpoint_<time>.json`` beside the output),
-and --resume_from_checkpoint (a file, or ``auto`` for the newest such file)
-skips the photos already there. Flags keep MegaDetector's names (underscores;
-the hyphenated spellings work too).
+The results are MegaDetector 10.0.28's (``megadetector.detection.run_detector_batch``
+on the ``.pt`` file) for the same photos: each photo (EXIF orientation applied,
+truncated JPEGs decoded as far as they go) is scaled to fit --image_size x
+--image_size with OpenCV's bilinear resize and padded with grey 114 to the
+smallest rectangle whose sides are multiples of the model's stride (the
+``stride`` YOLOv5's export records in the file, else 64, MDv5's; --stride
+overrides it); the model's raw predictions become boxes as MegaDetector does
+(confidence = objectness x class score, above --threshold, per-class NMS at IoU
+0.45, at most 300 per photo), rounded to whole pixels of the photo, written as
+normalized ``[x_min, y_min, width, height]`` truncated to 4 decimals with
+confidences truncated to 3; categories 1 animal, 2 person, 3 vehicle. Photos
+are listed by file name and their boxes by confidence. Where MegaDetector is
+wrong we differ (see detection/detector.py): mirrored EXIF orientations, and
+the orientation of grayscale photos, are applied; CMYK, palette and 16-bit
+photos are converted instead of failing.
+
+Input: a folder (its images; with --recursive, its subfolders' too), one image,
+or a .json list / .txt file of image paths. Photos that cannot be read get
+``"failure": "image access failure"`` (and ``"inference failure"`` when the model
+fails on one) with ``"detections": null``; the run goes on. With
+--checkpoint_frequency N, results so far are written every N photos to
+--checkpoint_path (default ``md_checkpoint_<time>.json`` beside the output), and
+--resume_from_checkpoint (a file, or ``auto`` for the newest such file) skips the
+photos already there. Flags keep MegaDetector's names (underscores; the
+hyphenated spellings work too).
+
+Output (format version 1.6, as MegaDetector 10):
+    {"info": {"detector": "md_v5a.0.0.torchscript", "format_version": "1.6",
+              "detection_completion_time": "...",
+              "detector_metadata": {"megadetector_version": "v5a.0.1",
+                                    "typical_detection_threshold": 0.2,
+                                    "conservative_detection_threshold": 0.05,
+                                    "image_size": 1280, "output_threshold": 0.005}},
+     "detection_categories": {"1": "animal", "2": "person", "3": "vehicle"},
+     "images": [{"file": "a.jpg", "detections": [{"category": "1", "conf": 0.926,
+                                                  "bbox": [0.1, 0.2, 0.3, 0.4]}]},
+                {"file": "b.jpg", "failure": "image access failure", "detections": null}]}
 
 Example:
     python -m detection.run_detector_batch md_v5a.0.0.torchscript photos \
@@ -42,6 +70,7 @@ import torch
 
 from classification import utils
 from detection.detector import (
+    DEFAULT_IMAGE_SIZE,
     DEFAULT_THRESHOLD,
     add_max_conf,
     list_images,
@@ -55,8 +84,10 @@ logger = logging.getLogger(__name__)
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = utils.make_parser(__doc__)
-    parser.add_argument('detector_file', help='MegaDetector exported to TorchScript')
-    parser.add_argument('image_file', help='folder of images, or .json/.txt list of paths')
+    parser.add_argument('detector_file',
+                        help='MegaDetector exported to TorchScript (with --dynamic)')
+    parser.add_argument('image_file',
+                        help='folder of images, one image, or .json/.txt list of paths')
     parser.add_argument('output_file', help="batch-format JSON to write, or '-'")
     parser.add_argument('--recursive', action='store_true',
                         help='with a folder: its subfolders too')
@@ -66,8 +97,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--include_max_conf', '--include-max-conf', action='store_true',
                         help='add each image\'s max_detection_conf (legacy field)')
     parser.add_argument('--quiet', action='store_true', help='no progress bar or info logs')
-    parser.add_argument('--image_size', '--image-size', type=utils.positive_int, default=None,
-                        help='the size the model was exported at (default: 1280)')
+    parser.add_argument('--image_size', '--image-size', type=utils.positive_int,
+                        default=DEFAULT_IMAGE_SIZE,
+                        help='photos are scaled to fit a square of this size, a multiple of '
+                             f'the stride (default: {DEFAULT_IMAGE_SIZE})')
+    parser.add_argument('--stride', type=utils.positive_int, default=None,
+                        help='pad to multiples of this (default: the stride the YOLOv5 '
+                             'export recorded, else 64)')
     parser.add_argument('--use_image_queue', '--use-image-queue', action='store_true',
                         help='decode photos on background threads ahead of the model')
     parser.add_argument('--threshold', type=utils.probability, default=DEFAULT_THRESHOLD,
@@ -127,14 +163,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = (args.ncores or 2) if args.use_image_queue else 0
     mapping = read_class_mapping(args.class_mapping_filename) \
         if args.class_mapping_filename else None
-    doc = run(args.detector_file, files, root, args.image_size or 1280, args.threshold,
+    doc = run(args.detector_file, files, root, args.image_size, args.threshold,
               pick_device(args.device), threads, checkpoint_path, args.checkpoint_frequency,
-              done, mapping, args.quiet)
+              done, mapping, args.quiet, args.stride)
     if args.include_max_conf:
         add_max_conf(doc)
     if root is not None and not args.output_relative_filenames:
         for entry in doc['images']:
             entry['file'] = (root / entry['file']).as_posix()
+    doc['images'].sort(key=lambda entry: entry['file'])      # as MegaDetector
     utils.write_json(doc, args.output_file, indent=1)
     n_fail = sum('failure' in e for e in doc['images'])
     logger.info('%d images, %d failed; wrote %s', len(doc['images']), n_fail,

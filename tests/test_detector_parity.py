@@ -217,11 +217,14 @@ def test_photos_decode_as_megadetector(megadetector, photos, name):
     assert ours.dtype == np.uint8 and ours.shape == ref.shape and np.array_equal(ours, ref)
 
 
-def test_truncated_photo_needs_the_flag(photos):
-    """Without LOAD_TRUNCATED_IMAGES Pillow refuses it (so the retry is what reads it)."""
+def test_truncated_photo_needs_the_flag(photos, monkeypatch):
+    """Without LOAD_TRUNCATED_IMAGES Pillow refuses it (so the retry is what reads it;
+    importing megadetector anywhere in the session sets the flag, hence the patch)."""
+    monkeypatch.setattr(ImageFile, 'LOAD_TRUNCATED_IMAGES', False)
     with Image.open(photos['truncated.jpg']) as img, pytest.raises(OSError):
         img.load()
     assert md.read_photo(photos['truncated.jpg']).shape == (300, 400, 3)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
 def test_where_we_differ_from_megadetector(megadetector, photos):
