@@ -94,7 +94,7 @@ def export_once(model: Path, size: int) -> float:
     from classification import engines, model_files
     m, _, _ = model_files.load_classifier(model, torch.device('cpu'))
     t = time.perf_counter()
-    engines.onnx_path(model, m, size)
+    engines.onnx_path(model, m, torch.zeros(1, 3, size, size))
     return time.perf_counter() - t
 
 

@@ -18,9 +18,7 @@ table one unsharded run gives, and refuses a missing, repeated or foreign shard.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,12 +34,6 @@ logger = logging.getLogger(__name__)
 
 PART_SUFFIX = '.part'
 _RUN_PREFIX = '#run '
-
-
-def run_id(**parts: Any) -> str:
-    """A short hash naming a run by everything that decides its output."""
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def format_rows(paths: Sequence[str], probs: np.ndarray | None, n_cols: int) -> str:

@@ -14,6 +14,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -488,6 +489,26 @@ def prefetch(items: Iterable[T_co], depth: int = 2) -> Iterator[T_co]:
                 pass
 
 
+def decode_threads() -> int:
+    """Threads decoding crops in process (one per core, at most 8)."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _threaded(loader: DataLoader[Any], threads: int) -> Iterator[Any]:
+    """The loader's batches, each batch's crops decoded on ``threads`` threads."""
+    assert loader.batch_sampler is not None
+    dataset: Any = loader.dataset
+    with ThreadPoolExecutor(threads, thread_name_prefix='decode') as pool:
+        for rows in loader.batch_sampler:
+            yield loader.collate_fn(list(pool.map(dataset.__getitem__, rows)))
+
+
 def batches(loader: DataLoader[Any]) -> Iterable[Any]:
-    """The loader's batches, read ahead on a thread when it has no worker processes."""
-    return loader if loader.num_workers > 0 else prefetch(loader)
+    """The loader's batches. Without worker processes, the next batch is made on a
+    background thread while the model runs, its crops decoded on one thread per
+    core (Pillow and the region decoder release the GIL while they work): with a
+    fast engine, decoding is what limits the speed, and threads share the cores
+    with the engine better than worker processes do."""
+    if loader.num_workers > 0:
+        return loader
+    return prefetch(_threaded(loader, decode_threads()))

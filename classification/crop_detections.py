@@ -32,8 +32,8 @@ from typing import Any
 from classification import cropping, utils
 from detection.detector_output import (
     animal_category_ids,
-    check_document,
     iter_detections,
+    read_document,
     resolve_detector_version,
 )
 
@@ -105,7 +105,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
-    doc = check_document(utils.read_json(args.detections_json), args.detections_json)
+    doc = read_document(args.detections_json)
     version = resolve_detector_version(doc, args.detector_version, args.detections_json)
     jobs = plan_jobs(doc, args.images_dir, args.cropped_images_dir, version, args.threshold)
     fetch = blob_fetcher(args.container_url, args.save_full_images) if args.container_url \

@@ -96,20 +96,21 @@ def onnx_source(path: str | os.PathLike[str]) -> str | None:
     return next((p.value for p in model.metadata_props if p.key == _SOURCE_KEY), None)
 
 
-def export_onnx(model: torch.nn.Module | torch.jit.ScriptModule, image_size: int,
-                path: str | os.PathLike[str], source_sha: str) -> Path:
-    """Writes ``model`` as ONNX (dynamic batch size; input ``x``, output ``logits``),
-    atomically, recording ``source_sha`` (the TorchScript file's SHA-256)."""
+def export_onnx(model: torch.nn.Module | torch.jit.ScriptModule, example: torch.Tensor,
+                path: str | os.PathLike[str], source_sha: str,
+                dynamic: dict[int, str] | None = None) -> Path:
+    """Writes ``model`` as ONNX (input ``x`` with the ``dynamic`` axes, default the
+    batch; first output ``y``), atomically, recording ``source_sha`` (the
+    TorchScript file's SHA-256)."""
     import warnings
 
     import onnx
-    x = torch.zeros(1, 3, image_size, image_size)
     out = Path(path)
+    axes = dynamic or {0: 'n'}
     with utils.atomic_path(out) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        torch.onnx.export(model.cpu().eval(), (x,), str(tmp), dynamo=False,
-                          input_names=['x'], output_names=['logits'],
-                          dynamic_axes={'x': {0: 'n'}, 'logits': {0: 'n'}},
+        torch.onnx.export(model.cpu().eval(), (example,), str(tmp), dynamo=False,
+                          input_names=['x'], output_names=['y'], dynamic_axes={'x': axes},
                           opset_version=ONNX_OPSET)
         proto = onnx.load(str(tmp))
         entry = proto.metadata_props.add()
@@ -119,21 +120,23 @@ def export_onnx(model: torch.nn.Module | torch.jit.ScriptModule, image_size: int
 
 
 def onnx_path(model_path: str | os.PathLike[str], model: torch.nn.Module | torch.jit.ScriptModule,
-              image_size: int) -> Path:
-    """An ONNX export of the TorchScript file ``model_path`` (``model`` as loaded):
+              example: torch.Tensor, dynamic: dict[int, str] | None = None) -> Path:
+    """An ONNX export of the TorchScript file ``model_path`` (``model`` as loaded;
+    ``example`` an input, ``dynamic`` its axes of any size, default the batch):
     ``<name>.onnx`` beside it or in the cache folder when one made from this very
     file exists, else a new export there (beside it if the folder is writable)."""
     sha = file_sha256(model_path)
     src = Path(model_path)
     beside = src.with_suffix('.onnx')
-    cached = cache_dir() / f'{sha[:24]}_{image_size}.onnx'
+    shape = 'x'.join(str(v) for v in example.shape[1:])
+    cached = cache_dir() / f'{sha[:24]}_{shape}.onnx'
     for candidate in (beside, cached):
         if candidate.is_file() and onnx_source(candidate) == sha:
             return candidate
     target = beside if os.access(src.parent, os.W_OK) and not beside.exists() else cached
     target.parent.mkdir(parents=True, exist_ok=True)
     logger.info('exporting the model to ONNX (once): %s', target)
-    return export_onnx(model, image_size, target, sha)
+    return export_onnx(model, example, target, sha, dynamic)
 
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -220,7 +223,7 @@ def resolve_precision(engine: str, asked: str, device: torch.device) -> str:
 def load_engine(engine: str, precision: str, model_path: str | os.PathLike[str],
                 model: torch.nn.Module | torch.jit.ScriptModule, image_size: int,
                 device: torch.device) -> Engine:
-    """The model ready to run on ``engine`` (already resolved) at ``precision``
+    """A classifier ready to run on ``engine`` (already resolved) at ``precision``
     (already resolved). ``model`` is the loaded TorchScript model; the torch engine
     runs it (frozen with oneDNN fusion on CPUs in fp32), the others its ONNX export."""
     from classification import model_files
@@ -232,7 +235,12 @@ def load_engine(engine: str, precision: str, model_path: str | os.PathLike[str],
         elif device.type == 'cpu' and isinstance(model, torch.jit.ScriptModule):
             model = model_files.optimize_for_cpu(model)
         return Engine('torch', precision, _torch_runner(model, device, bf16))
-    path = onnx_path(model_path, model, image_size)
+    path = onnx_path(model_path, model, torch.zeros(1, 3, image_size, image_size))
+    return onnx_engine(engine, precision, path)
+
+
+def onnx_engine(engine: str, precision: str, path: Path) -> Engine:
+    """An ONNX file run by OpenVINO or ONNX Runtime on the CPU."""
     if engine == 'openvino':
         return Engine('openvino', precision, _openvino_runner(path, precision == 'bf16'))
     return Engine('onnxruntime', precision, _onnxruntime_runner(path))

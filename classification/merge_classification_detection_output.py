@@ -51,8 +51,8 @@ from classification import classifier_output, utils
 from detection.detector_output import (
     DEFAULT_DETECTION_CATEGORIES,
     FORMAT_VERSION,
-    check_document,
     load_cache,
+    read_document,
 )
 
 logger = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise utils.InputError(f'{args.classification_csv[0]}: no "path" column')
     df = select_rows(df, args.datasets, args.samples_per_label, args.seed)
     if args.detection_json:
-        detections = check_document(utils.read_json(args.detection_json), args.detection_json)
+        detections = read_document(args.detection_json)
     else:
         utils.check_detector_version(args.detector_version)
         queried = utils.require_mapping(utils.read_json(args.queried_images_json),

@@ -68,12 +68,12 @@ from classification import (
 )
 from classification.classifier_output import PartFile
 from classification.distributed import Dist
-from classification.shards import Shard, parse_shard
+from classification.shards import Shard, parse_shard, run_id
 from detection.detector_output import (
     Detection,
     animal_category_ids,
-    check_document,
     iter_detections,
+    read_document,
     resolve_detector_version,
 )
 
@@ -113,7 +113,7 @@ class Crops:
 
 def _detections(detections_json: str, threshold: float, version: str | None
                 ) -> tuple[str, Iterator[Detection]]:
-    doc = check_document(utils.read_json(detections_json), detections_json)
+    doc = read_document(detections_json)
     version = resolve_detector_version(doc, version, detections_json)
     return version, iter_detections(doc, threshold, animal_category_ids(doc))
 
@@ -301,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for crop in missing[:20]:
             logger.warning('missing crop: %s', crop)
     shard = args.shard or Shard()
-    run = classifier_output.run_id(
+    run = run_id(
         model=engines.file_sha256(args.model), crops=crops.digest(), categories=categories,
         image_size=image_size, engine=engine_name, precision=precision, multilabel=multilabel,
         from_photos=args.from_photos, square=args.square_crops, shards=shard.n)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
+import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -46,6 +48,20 @@ def parse_shard(text: str) -> Shard:
         raise argparse.ArgumentTypeError(f'{text!r}: K must be from 1 to N (shards are '
                                          'numbered 1/N to N/N)')
     return Shard(k, n)
+
+
+def run_id(**parts: Any) -> str:
+    """A short hash naming a run by everything that decides its output."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def digest(items: Iterable[str]) -> str:
+    """A hash of a list of names (the inputs a run was given)."""
+    h = hashlib.sha256()
+    for item in items:
+        h.update(item.encode() + b'\0')
+    return h.hexdigest()
 
 
 def write_manifest(output: str, manifest: dict[str, Any]) -> None:

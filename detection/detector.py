@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -282,7 +282,7 @@ class TorchScriptPredictor:
     ``config.txt`` YOLOv5's export.py stores in the file (shape, stride, names),
     empty if there is none."""
 
-    def __init__(self, module: torch.jit.ScriptModule, device: torch.device,
+    def __init__(self, module: Callable[[torch.Tensor], Any], device: torch.device,
                  config: Mapping[str, Any] | None = None) -> None:
         self.module, self.device = module, device
         self.config = dict(config or {})
@@ -317,6 +317,53 @@ def load_detector(path: str, device: torch.device) -> TorchScriptPredictor:
         if isinstance(parsed, dict):
             config = parsed
     return TorchScriptPredictor(module.eval(), device, config)
+
+
+def load_predictor(path: str, device: torch.device, engine: str = 'torch',
+                   precision: str = 'fp32', image_size: int = DEFAULT_IMAGE_SIZE,
+                   fallback: bool = False) -> TorchScriptPredictor:
+    """The detector on ``engine`` (resolved by classification.engines) at ``precision``:
+    the TorchScript file itself (bf16: under autocast), or on a CPU its ONNX export
+    (any batch, height and width; made once, cached like a classifier's) run by
+    OpenVINO or ONNX Runtime. ``fallback`` (``--engine auto``): a model that cannot
+    be exported or loaded there runs on PyTorch instead, with a warning."""
+    from classification import engines
+    torchscript = load_detector(path, device if engine == 'torch' else torch.device('cpu'))
+    if engine != 'torch':
+        stride = model_stride(torchscript.config)
+        side = max(stride, image_size // stride * stride)
+        probe = torch.zeros(1, 3, 2 * stride, 3 * stride)
+        try:
+            with torch.inference_mode():
+                expected = torchscript(probe)
+        except Exception:  # noqa: BLE001 - check_detector explains what is wrong
+            return torchscript
+        try:
+            # the file as it is: the engines read its first output, the predictions
+            scripted = cast(torch.jit.ScriptModule, torchscript.module)
+            onnx = engines.onnx_path(path, scripted, torch.zeros(1, 3, side, side),
+                                     {0: 'n', 2: 'h', 3: 'w'})
+            run = engines.onnx_engine(engine, precision, onnx).run
+            got = run(probe)
+            if tuple(got.shape) != tuple(expected.shape):
+                raise RuntimeError(f'its export gives shape {tuple(got.shape)} where the '
+                                   f'model gives {tuple(expected.shape)}')
+            return TorchScriptPredictor(run, torch.device('cpu'), torchscript.config)
+        except Exception as e:  # noqa: BLE001 - exporters and engines raise anything
+            reason = str(e).strip().splitlines()[-1][:200] if str(e).strip() else repr(e)
+            if not fallback:
+                raise utils.InputError(f'{path}: cannot run on {engine} ({reason})') from e
+            logger.warning('%s: cannot run on %s (%s); running on PyTorch', path, engine,
+                           reason)
+            precision = 'fp32'
+    if precision == 'bf16':
+        call = torchscript.module
+
+        def bf16(x: torch.Tensor) -> Any:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return call(x)
+        return TorchScriptPredictor(bf16, device, torchscript.config)
+    return torchscript
 
 
 def model_stride(config: Mapping[str, Any]) -> int:
@@ -446,18 +493,20 @@ def run(detector: str, files: Sequence[str], root: Path | None, image_size: int,
         checkpoint_path: str | None = None, checkpoint_frequency: int = 0,
         done: Mapping[str, dict[str, Any]] | None = None,
         class_mapping: Mapping[str, str] | None = None,
-        quiet: bool = False, stride: int | None = None) -> dict[str, Any]:
+        quiet: bool = False, stride: int | None = None, engine: str = 'torch',
+        precision: str = 'fp32', fallback: bool = False) -> dict[str, Any]:
     """Detections for every file (those in ``done`` are reused) as a batch document.
 
     ``class_mapping`` ({"0": name, ...}) names the model's classes directly (no +1,
     as the original's --class_mapping_filename); default: MegaDetector's three.
     ``stride``: the letterbox's (default: the model's, see ``model_stride``).
+    ``engine`` and ``precision``: see ``load_predictor``.
     """
     done = dict(done or {})
     todo = [f for f in files if f not in done]
     # paths relative to root must stay inside it: refused before any work
     sources = [utils.safe_join(root, f) if root else Path(f) for f in todo]
-    model = load_detector(detector, device)
+    model = load_predictor(detector, device, engine, precision, image_size, fallback)
     stride = stride or model_stride(model.config)
     categories = dict(class_mapping or DEFAULT_DETECTION_CATEGORIES)
     check_detector(model, stride, image_size, len(categories), detector)

@@ -82,6 +82,23 @@ def check_document(doc: Any, source: str) -> dict[str, Any]:
     return doc
 
 
+def read_document(source: str) -> dict[str, Any]:
+    """A MegaDetector output file ('-': stdin), checked; or, for a glob pattern, the
+    shard files of one run_detector_batch --shard run joined into one document
+    (images in shard order, as one unsharded run writes them; shards of different
+    runs, or a missing or repeated shard, refused)."""
+    from classification import shards
+    files = shards.expand([source])
+    if len(files) == 1:
+        return check_document(read_json(files[0]), files[0])
+    files = shards.check_shards(files, 'run_detector_batch --shard')
+    docs = [check_document(read_json(f), f) for f in files]
+    for f, doc in zip(files[1:], docs[1:], strict=True):
+        if doc.get('detection_categories') != docs[0].get('detection_categories'):
+            raise InputError(f'{f}: detection categories differ from {files[0]}')
+    return {**docs[0], 'images': [e for doc in docs for e in doc['images']]}
+
+
 def iter_detections(doc: Mapping[str, Any], threshold: float = 0.0,
                     categories: set[str] | None = None) -> Iterator[Detection]:
     """Boxes with conf >= threshold (and of the given categories), in file order.

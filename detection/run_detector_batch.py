@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,7 +69,9 @@ from typing import Any
 
 import torch
 
-from classification import utils
+from classification import engines, shards, utils
+from classification.distributed import Dist
+from classification.shards import Shard
 from detection.detector import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_THRESHOLD,
@@ -126,8 +129,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--class_mapping_filename', '--class-mapping-filename',
                         help='JSON {"0": "name", ...} for a detector with other classes '
                              '(category ids then start at 0)')
-    parser.add_argument('--device', help='torch device (default: cuda if available)')
-    return parser.parse_args(argv)
+    parser.add_argument('--device', help='torch device (default: cuda if available; under '
+                                         'torchrun, the GPU of LOCAL_RANK)')
+    parser.add_argument('--engine', choices=engines.ENGINES, default='auto',
+                        help='inference engine (default: auto: OpenVINO on an x86 CPU where '
+                             'installed, else ONNX Runtime, else PyTorch; PyTorch on CUDA)')
+    parser.add_argument('--precision', choices=engines.PRECISIONS, default='auto',
+                        help='fp32 or bf16 (default: auto, fp32: the detections of '
+                             'MegaDetector; bf16 is several times faster on CPUs with AMX '
+                             'but moves boxes and confidences slightly)')
+    parser.add_argument('--shard', type=shards.parse_shard, default=None, metavar='K/N',
+                        help='detect only the K-th of N shares of the (sorted) photos')
+    args = parser.parse_args(argv)
+    if args.output_file == '-' and (args.shard or int(os.environ.get('WORLD_SIZE', '1')) > 1):
+        parser.error("a sharded or torchrun run needs an output file, not '-'")
+    return args
+
+
+def rank_path(path: str | None, shard: Shard | None) -> str | None:
+    """A file of one process of a torchrun run: ``x.json`` -> ``x.<K>of<N>.json``."""
+    if path is None or shard is None:
+        return path
+    p = Path(path)
+    return str(p.with_name(f'{p.stem}.{shard.k}of{shard.n}{p.suffix}'))
+
+
+def part_file(output: str, shard: Shard) -> str:
+    """Where one process of a torchrun run leaves its share for rank 0 to join."""
+    return f'{output}.{shard.k}of{shard.n}.part'
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,43 +168,80 @@ def main(argv: Sequence[str] | None = None) -> int:
     files, root = list_images(args.image_file, args.recursive)
     if not files:
         raise utils.InputError(f'{args.image_file}: no images found')
+    files = sorted(files)
+    dist = Dist.from_env(pick_device(args.device), timeout_minutes=24 * 60)
+    engine = engines.resolve_engine(args.engine, dist.device)
+    # auto: float32, whose detections match MegaDetector's (bf16's move boxes and
+    # confidences slightly: measured in bench/bench_detector.py)
+    precision = engines.resolve_precision(engine, 'fp32' if args.precision == 'auto'
+                                          else args.precision, dist.device)
+    shard = args.shard or Shard()
+    mine = shard.sub(dist.rank, dist.world_size) if dist.enabled else shard
+    part = mine if dist.enabled else None       # this process writes a part of the output
     out_dir = Path(args.output_file).parent if args.output_file != '-' else Path('.')
     checkpoint_path = args.checkpoint_path
     if args.checkpoint_frequency > 0 and checkpoint_path is None:
         checkpoint_path = str(out_dir / f'md_checkpoint_{time.strftime("%Y%m%d%H%M%S")}.json')
-    if checkpoint_path and args.checkpoint_frequency > 0 and Path(checkpoint_path).exists() \
-            and not args.allow_checkpoint_overwrite \
-            and checkpoint_path != args.resume_from_checkpoint:
-        raise utils.InputError(f'{checkpoint_path}: checkpoint exists (use '
-                               '--allow_checkpoint_overwrite or --resume_from_checkpoint)')
-    done: dict[str, dict[str, Any]] = {}
     resume = args.resume_from_checkpoint
     if resume == 'auto':
         found = sorted(out_dir.glob('md_checkpoint_*.json'))
+        if part is not None:
+            found = [f for f in found if f.stem.endswith(f'.{part.k}of{part.n}')]
         if not found:
             raise utils.InputError(f'--resume_from_checkpoint auto: no md_checkpoint_*.json in '
                                    f'{out_dir}')
         resume = str(found[-1])
-    if resume:
-        done = read_checkpoint(resume)
+    elif part is not None:
+        resume = rank_path(resume, part)
+    if part is not None and checkpoint_path and not checkpoint_path.endswith(
+            f'.{part.k}of{part.n}.json'):
+        checkpoint_path = rank_path(checkpoint_path, part)
+    if checkpoint_path and args.checkpoint_frequency > 0 and Path(checkpoint_path).exists() \
+            and not args.allow_checkpoint_overwrite and checkpoint_path != resume:
+        raise utils.InputError(f'{checkpoint_path}: checkpoint exists (use '
+                               '--allow_checkpoint_overwrite or --resume_from_checkpoint)')
+    done: dict[str, dict[str, Any]] = read_checkpoint(resume) if resume else {}
     if args.ncores:
         torch.set_num_threads(args.ncores)
     threads = (args.ncores or 2) if args.use_image_queue else 0
     mapping = read_class_mapping(args.class_mapping_filename) \
         if args.class_mapping_filename else None
-    doc = run(args.detector_file, files, root, args.image_size, args.threshold,
-              pick_device(args.device), threads, checkpoint_path, args.checkpoint_frequency,
-              done, mapping, args.quiet, args.stride)
-    if args.include_max_conf:
-        add_max_conf(doc)
-    if root is not None and not args.output_relative_filenames:
-        for entry in doc['images']:
-            entry['file'] = (root / entry['file']).as_posix()
-    doc['images'].sort(key=lambda entry: entry['file'])      # as MegaDetector
-    utils.write_json(doc, args.output_file, indent=1)
-    n_fail = sum('failure' in e for e in doc['images'])
-    logger.info('%d images, %d failed; wrote %s', len(doc['images']), n_fail,
-                args.output_file)
+    try:
+        doc = run(args.detector_file, mine.take(files), root, args.image_size, args.threshold,
+                  dist.device, threads, checkpoint_path, args.checkpoint_frequency, done,
+                  mapping, args.quiet, args.stride, engine, precision, args.engine == 'auto')
+        if args.include_max_conf:
+            add_max_conf(doc)
+        if root is not None and not args.output_relative_filenames:
+            for entry in doc['images']:
+                entry['file'] = (root / entry['file']).as_posix()
+        doc['images'].sort(key=lambda entry: entry['file'])      # as MegaDetector
+        if part is not None:
+            utils.write_json(doc, part_file(args.output_file, part), indent=1)
+            dist.barrier()
+            if dist.is_main:
+                parts = [part_file(args.output_file, shard.sub(r, dist.world_size))
+                         for r in range(dist.world_size)]
+                docs = [utils.read_json(p) for p in parts]
+                doc['images'] = [e for d in docs for e in d['images']]
+                for p in parts:
+                    Path(p).unlink()
+        if dist.is_main:
+            utils.write_json(doc, args.output_file, indent=1)
+            if shard.n > 1:
+                shards.write_manifest(args.output_file, {
+                    'run': shards.run_id(detector=engines.file_sha256(args.detector_file),
+                                         files=shards.digest(files),
+                                         image_size=args.image_size, threshold=args.threshold,
+                                         stride=args.stride, engine=engine, precision=precision,
+                                         classes=mapping, relative=args.output_relative_filenames),
+                    'shard': shard.k, 'shards': shard.n, 'images': len(doc['images'])})
+            n_fail = sum('failure' in e for e in doc['images'])
+            logger.info('%d images, %d failed; wrote %s', len(doc['images']), n_fail,
+                        args.output_file)
+        dist.barrier()
+    finally:
+        dist.close()
     return 0
 
 

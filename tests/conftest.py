@@ -153,3 +153,27 @@ def megadb_uri(request, tmp_path, monkeypatch):
     monkeypatch.setenv('COSMOS_KEY', COSMOS_TEST_KEY)
     monkeypatch.setenv('COSMOS_DATABASE', f'megadb-{uuid.uuid4().hex[:12]}')
     return server.endpoint
+
+
+def iou(a: list[float], b: list[float]) -> float:
+    """IoU of two [x, y, w, h] boxes."""
+    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    iw = max(0.0, min(ax2, bx2) - max(a[0], b[0]))
+    ih = max(0.0, min(ay2, by2) - max(a[1], b[1]))
+    inter = iw * ih
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else float(a == b)
+
+
+def unmatched(ours: list[dict], theirs: list[dict]) -> tuple[int, int]:
+    """Detections of ``ours`` with no match in ``theirs`` (same file and category,
+    IoU >= 0.98, confidence within 0.01), and the total."""
+    by_file = {e['file']: e['detections'] or [] for e in theirs}
+    missing = total = 0
+    for entry in ours:
+        for d in entry['detections'] or []:
+            total += 1
+            if not any(o['category'] == d['category'] and abs(o['conf'] - d['conf']) <= 0.01
+                       and iou(o['bbox'], d['bbox']) >= 0.98 for o in by_file[entry['file']]):
+                missing += 1
+    return missing, total

@@ -175,7 +175,7 @@ def test_engines_agree_and_the_onnx_export_is_cached(model_files, new_crops, tmp
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
     import torch
     loaded = torch.jit.load(str(model_files[0]))
-    path = engines.onnx_path(other, loaded, 32)
+    path = engines.onnx_path(other, loaded, torch.zeros(1, 3, 32, 32))
     assert path.parent == tmp_path / 'cache' / 'camera-trap-classifier' / 'onnx'
     assert engines.onnx_source(path) == engines.file_sha256(other)
 

@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageFile
 
 from detection import detector as md
-from tests.conftest import REAL_PHOTOS, REPO
+from tests.conftest import REAL_PHOTOS, REPO, unmatched
 
 ORIGINAL = REPO / 'bench' / '.venv-original' / 'bin' / 'python'
 
@@ -273,18 +273,20 @@ def both_programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    def run(folder: Path, size: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    def run(folder: Path, size: int, *ours_flags: str
+            ) -> tuple[dict[str, Any], dict[str, Any]]:
         common = [str(folder), '--recursive', '--output_relative_filenames',
                   '--image_size', str(size)]
-        out = work / f'{folder.name}_{size}'
+        out = work / f'{folder.name}_{size}_{"_".join(ours_flags)}'
         env = {k: v for k, v in os.environ.items() if k != 'PYTEST_CURRENT_TEST'}
         for python, module, model, doc in (
                 (sys.executable, 'detection.run_detector_batch', 'md_bench.torchscript',
                  'ours'),
                 (str(ORIGINAL), 'megadetector.detection.run_detector_batch', 'md_bench.pt',
                  'md')):
+            flags = ours_flags if doc == 'ours' else ()
             p = subprocess.run([python, '-m', module, str(work / model), common[0],
-                                str(out / f'{doc}.json'), *common[1:]],
+                                str(out / f'{doc}.json'), *common[1:], *flags],
                                capture_output=True, text=True, cwd=REPO,
                                env={**env, 'PYTHONPATH': ''})
             assert p.returncode == 0, p.stderr[-3000:]
@@ -296,7 +298,7 @@ def both_programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @needs_original
 def test_same_detections_as_megadetector(both_programs):
-    ours, theirs = both_programs['run'](both_programs['photos'], 384)
+    ours, theirs = both_programs['run'](both_programs['photos'], 384, '--engine', 'torch')
     kinds = both_programs['kinds']
     assert [e['file'] for e in ours['images']] == [e['file'] for e in theirs['images']]
     assert ours['info']['format_version'] == theirs['info']['format_version'] == '1.6'
@@ -324,6 +326,25 @@ def test_same_detections_as_megadetector(both_programs):
 @needs_original
 @pytest.mark.skipif(not REAL_PHOTOS.exists(), reason='needs ../shared/data/real_camera_traps')
 def test_same_detections_on_real_photos(both_programs):
-    ours, theirs = both_programs['run'](REAL_PHOTOS / 'images', 384)
+    ours, theirs = both_programs['run'](REAL_PHOTOS / 'images', 384, '--engine', 'torch')
     assert len(ours['images']) >= 10
     assert ours['images'] == theirs['images']
+
+
+@needs_original
+def test_the_default_engine_matches_megadetector(both_programs):
+    """With the engine --engine auto picks (OpenVINO float32 here), at most 1% of
+    either side's detections lack a match (same category, IoU >= 0.98, confidences
+    within 0.01)."""
+    folders = [both_programs['photos']] + ([REAL_PHOTOS / 'images'] if REAL_PHOTOS.exists()
+                                           else [])
+    for folder in folders:
+        ours, theirs = both_programs['run'](folder, 384)
+        assert [e['file'] for e in ours['images']] == [e['file'] for e in theirs['images']]
+        same = {e['file'] for e in ours['images']
+                if folder != both_programs['photos'] or both_programs['kinds'][e['file']] == 'same'}
+        a = [e for e in ours['images'] if e['file'] in same]
+        b = [e for e in theirs['images'] if e['file'] in same]
+        for x, y in ((a, b), (b, a)):
+            missing, total = unmatched(x, y)
+            assert total > 100 and missing <= 0.01 * total, (folder, missing, total)
