@@ -124,6 +124,50 @@ def bench_engines(model: Path, crops: Path, work: Path, batch: int, workers: int
     return rows
 
 
+def bench_agreement(model: Path, crops: Path, work: Path) -> str:
+    """Top-1 agreement of bf16 (OpenVINO) and of the other fp32 engines with PyTorch
+    float32 on many distinct crops (not timed)."""
+    tops = {}
+    for name, flags in ENGINES[:4]:
+        out = work / f'agree_{model.parent.name}_{slug(name)}.csv'
+        subprocess.run([OURS, '-m', 'classification.run_classifier', str(model), str(crops),
+                        str(out), '--batch-size', '32', '--num-workers', '0', *flags],
+                       check=True, cwd=REPO, capture_output=True)
+        tops[name] = top1(out)
+    ref = tops['torch fp32']
+    cells = ' | '.join(f'{agreement(tops[n], ref):.2%}' for n, _ in ENGINES[1:4])
+    return f'| {model.name} | {len(ref)} | {cells} |'
+
+
+def bench_route_agreement(model: Path, photos: Path, dets: Path, work: Path,
+                          threshold: float) -> str:
+    """Top-1 agreement of ours --from-photos with ours crop_detections +
+    run_classifier (both PyTorch float32, then both with the default engine) on the
+    same photos (not timed)."""
+    tag = f'{model.parent.name}_{dets.stem}'
+    crops = work / f'route_crops_{dets.stem}'
+    if not crops.exists():
+        subprocess.run([OURS, '-m', 'classification.crop_detections', str(dets), str(crops),
+                        '--images-dir', str(photos), '--threshold', str(threshold),
+                        '--square-crops', '--logdir', str(work)], check=True, cwd=REPO,
+                       capture_output=True)
+    cells = []
+    for name, flags in (('torch fp32', ['--engine', 'torch', '--precision', 'fp32']),
+                        ('auto', [])):
+        tops = []
+        for route, extra in (('two_step', [str(crops), '-d', str(dets)]),
+                             ('photos', [str(photos), '--from-photos', '-d', str(dets),
+                                         '--square-crops'])):
+            out = work / f'route_{tag}_{route}_{slug(name)}.csv'
+            subprocess.run([OURS, '-m', 'classification.run_classifier', str(model),
+                            extra[0], str(out), *extra[1:], '-t', str(threshold),
+                            '--batch-size', '32', '--num-workers', '0', *flags],
+                           check=True, cwd=REPO, capture_output=True)
+            tops.append(top1(out))
+        cells.append(f'{agreement(tops[0], tops[1]):.2%}')
+    return f'| {model.name} | {dets.name} | {len(tops[0])} | {" | ".join(cells)} |'
+
+
 def archive_copy(work: Path, copies: int) -> tuple[Path, Path]:
     """The real photos copied ``copies`` times, and their detections to match."""
     photos = work / 'photos'
@@ -190,6 +234,13 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=2)
     parser.add_argument('--threshold', type=float, default=0.2)
     parser.add_argument('--skip-engines', action='store_true')
+    parser.add_argument('--agreement-photos', type=Path, nargs=2, action='append',
+                        metavar=('PHOTOS', 'DETECTIONS'), default=[],
+                        help='photos and their detections for the route agreement table '
+                             '(repeatable)')
+    parser.add_argument('--only-agreement', action='store_true')
+    parser.add_argument('--agreement-crops', type=Path,
+                        help='a folder of many distinct crops for the top-1 agreement table')
     args = parser.parse_args()
     if not Path(ORIGINAL).exists():
         sys.exit('run bench/setup_original.sh first')
@@ -203,6 +254,17 @@ def main() -> None:
                         '--images-dir', str(photos), '--threshold', str(args.threshold),
                         '--square-crops', '--threads', '2', '--logdir', str(args.work)],
                        check=True, cwd=REPO, capture_output=True)
+    if args.agreement_photos:
+        print('\n### --from-photos vs crop_detections + run_classifier (ours both), '
+              'top-1 agreement (not timed)\n')
+        print('| model | detections | crops | torch fp32 | default engine |')
+        print('|---|---|---|---|---|')
+        for model in args.models:
+            for photos_dir, dets in args.agreement_photos:
+                print(bench_route_agreement(model, photos_dir, dets, args.work,
+                                            args.threshold), flush=True)
+    if args.only_agreement:
+        return
     if not args.skip_engines:
         print(f'### run_classifier end to end ({sum(1 for _ in crops.rglob("*.jpg"))} crops of '
               f'the real photos x {args.copies}, batch {args.batch_size}, --num-workers '
@@ -213,6 +275,13 @@ def main() -> None:
             for row in bench_engines(model, crops, args.work, args.batch_size,
                                      args.num_workers, args.repeats):
                 print(row, flush=True)
+    if args.agreement_crops:
+        print(f'\n### top-1 agreement with PyTorch float32 on '
+              f'{args.agreement_crops} (not timed)\n')
+        print('| model | crops | ' + ' | '.join(n for n, _ in ENGINES[1:4]) + ' |')
+        print('|---|---|---|---|---|')
+        for model in args.models:
+            print(bench_agreement(model, args.agreement_crops, args.work), flush=True)
     print(f'\n### photos -> classifications ({args.copies} x 15 real photos, threshold '
           f'{args.threshold}, square crops)\n')
     print('| model | run | crops | seconds | crops/s | vs original | top-1 = original |')
