@@ -38,6 +38,8 @@ ENGINES = ('auto', 'torch', 'openvino', 'onnxruntime')
 PRECISIONS = ('auto', 'fp32', 'bf16')
 ONNX_OPSET = 17
 _SOURCE_KEY = 'source_sha256'
+# bumped when exports change (2: classifiers take any input size)
+_EXPORT_VERSION = '2'
 _MODULES = {'openvino': 'openvino', 'onnxruntime': 'onnxruntime'}
 
 
@@ -93,7 +95,8 @@ def onnx_source(path: str | os.PathLike[str]) -> str | None:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001 - any unreadable file is simply not a usable export
         return None
-    return next((p.value for p in model.metadata_props if p.key == _SOURCE_KEY), None)
+    props = {p.key: p.value for p in model.metadata_props}
+    return props.get(_SOURCE_KEY) if props.get('export_version') == _EXPORT_VERSION else None
 
 
 def export_onnx(model: torch.nn.Module | torch.jit.ScriptModule, example: torch.Tensor,
@@ -113,8 +116,9 @@ def export_onnx(model: torch.nn.Module | torch.jit.ScriptModule, example: torch.
                           input_names=['x'], output_names=['y'], dynamic_axes={'x': axes},
                           opset_version=ONNX_OPSET)
         proto = onnx.load(str(tmp))
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = _SOURCE_KEY, source_sha
+        for key, value in ((_SOURCE_KEY, source_sha), ('export_version', _EXPORT_VERSION)):
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
         onnx.save(proto, str(tmp))
     return out
 
@@ -133,10 +137,24 @@ def onnx_path(model_path: str | os.PathLike[str], model: torch.nn.Module | torch
     for candidate in (beside, cached):
         if candidate.is_file() and onnx_source(candidate) == sha:
             return candidate
-    target = beside if os.access(src.parent, os.W_OK) and not beside.exists() else cached
+    # beside the model unless another file is there (an export of an older version of
+    # the model, or of this project, is replaced)
+    stale = beside.exists() and onnx_source(beside) is None and _is_onnx(beside)
+    target = beside if os.access(src.parent, os.W_OK) and (not beside.exists() or stale) \
+        else cached
     target.parent.mkdir(parents=True, exist_ok=True)
     logger.info('exporting the model to ONNX (once): %s', target)
     return export_onnx(model, example, target, sha, dynamic)
+
+
+def _is_onnx(path: Path) -> bool:
+    """Whether ``path`` holds an ONNX model made by ``export_onnx`` (any version)."""
+    import onnx
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not ONNX: not ours to replace
+        return False
+    return any(p.key == _SOURCE_KEY for p in model.metadata_props)
 
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -235,7 +253,8 @@ def load_engine(engine: str, precision: str, model_path: str | os.PathLike[str],
         elif device.type == 'cpu' and isinstance(model, torch.jit.ScriptModule):
             model = model_files.optimize_for_cpu(model)
         return Engine('torch', precision, _torch_runner(model, device, bf16))
-    path = onnx_path(model_path, model, torch.zeros(1, 3, image_size, image_size))
+    path = onnx_path(model_path, model, torch.zeros(1, 3, image_size, image_size),
+                     {0: 'n', 2: 'h', 3: 'w'})
     return onnx_engine(engine, precision, path)
 
 

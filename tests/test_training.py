@@ -379,7 +379,8 @@ def test_multilabel_torchscript_run_classifier_and_evaluate(multilabel_run, trai
     (tmp_path / 'li.json').write_text(json.dumps(utils.label_index_dict(labels)))
     assert run_classifier.main([str(compiled), str(sub), str(tmp_path / 'o.csv'),
                                 '--image-size', '32', '--batch-size', '8', '--num-workers',
-                                '0', '-c', str(tmp_path / 'li.json')]) == 0
+                                '0', '-c', str(tmp_path / 'li.json'),
+                                '--precision', 'fp32']) == 0
     got = pd.read_csv(tmp_path / 'o.csv').set_index('path')
     want = out.set_index('path').loc[got.index, labels]
     np.testing.assert_allclose(got[labels].to_numpy(), want.to_numpy(), atol=2e-4)

@@ -232,7 +232,8 @@ def test_model_file_carries_its_settings(trained_run, base_logdir, tmp_path, cap
         shutil.copy(crops / p, sub / p)
     # no --image-size, no categories: the file's own (same outputs as the run's evaluation)
     assert run_classifier.main([str(compiled), str(sub), str(tmp_path / 'a.csv'),
-                                '--num-workers', '0', '--batch-size', '4']) == 0
+                                '--num-workers', '0', '--batch-size', '4',
+                                '--precision', 'fp32']) == 0
     a = pd.read_csv(tmp_path / 'a.csv').set_index('path')
     ref = out.set_index('path').loc[a.index, labels]
     np.testing.assert_allclose(a[labels].to_numpy(), ref.to_numpy(), atol=2e-4)
