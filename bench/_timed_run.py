@@ -4,14 +4,31 @@ Imports happen before the clock starts (for both implementations), so the
 figure is the step's own work, not interpreter start-up.
 
 Usage: python bench/_timed_run.py MODULE ARGS...
+The bench scripts call ``timed(python, module, *args)``, which runs this file with
+another interpreter (ours, or the original's venv) and returns the seconds.
 """
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import runpy
+import subprocess
 import sys
 import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed(python: str, module: str, *args: str) -> float:
+    """Seconds ``python -m module args`` takes (imports excluded), run in the repo."""
+    proc = subprocess.run([python, str(Path(__file__).resolve()), module, *args],
+                          capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, 'PYTHONPATH': ''})
+    if proc.returncode != 0:
+        raise RuntimeError(f'{module} failed:\n{proc.stderr[-2000:]}')
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])['seconds'])
 
 
 def main() -> None:

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from _timed_run import timed
 
 REPO = Path(__file__).resolve().parents[1]
 OURS = sys.executable
@@ -53,15 +54,6 @@ ENGINES = [('torch fp32', ['--engine', 'torch', '--precision', 'fp32']),
 
 def slug(name: str) -> str:
     return re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')
-
-
-def timed(python: str, module: str, *args: str) -> float:
-    proc = subprocess.run([python, str(REPO / 'bench' / '_timed_run.py'), module, *args],
-                          capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, 'PYTHONPATH': ''})
-    if proc.returncode != 0:
-        raise RuntimeError(f'{module} failed:\n{proc.stderr[-2000:]}')
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])['seconds'])
 
 
 def top1(path: Path) -> pd.Series:

@@ -22,26 +22,17 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _timed_run import timed
 
 REPO = Path(__file__).resolve().parents[1]
 OURS = sys.executable
 ORIGINAL = str(REPO / 'bench' / '.venv-original' / 'bin' / 'python')
 REAL = REPO.parent / 'shared' / 'data' / 'real_camera_traps'
-
-
-def timed(python: str, module: str, *args: str) -> float:
-    proc = subprocess.run([python, str(REPO / 'bench' / '_timed_run.py'), module, *args],
-                          capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, 'PYTHONPATH': ''})
-    if proc.returncode != 0:
-        raise RuntimeError(f'{module} failed:\n{proc.stderr[-2000:]}')
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])['seconds'])
 
 
 def bench_crops(detections: Path, images: Path, work: Path, threads: int, repeats: int,
