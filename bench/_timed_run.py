@@ -16,7 +16,9 @@ import runpy
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,9 +33,15 @@ def timed(python: str, module: str, *args: str) -> float:
     return float(json.loads(proc.stdout.strip().splitlines()[-1])['seconds'])
 
 
-def main() -> None:
-    module, args = sys.argv[1], sys.argv[2:]
+def run_timed(module: str, args: Sequence[str],
+              prepare: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Runs ``python -m module args`` here after importing it, and returns
+    {'seconds': ...} plus what ``prepare`` (called with that dict before the clock
+    starts, e.g. to wrap functions) records in it."""
     importlib.import_module(module)          # warm imports (torch, PIL, pandas...)
+    record: dict[str, Any] = {}
+    if prepare is not None:
+        prepare(record)
     sys.argv = [module, *args]
     t = time.perf_counter()
     try:
@@ -41,7 +49,12 @@ def main() -> None:
     except SystemExit as e:
         if e.code not in (0, None):
             raise
-    print(json.dumps({'seconds': time.perf_counter() - t}), file=sys.__stdout__)
+    record['seconds'] = time.perf_counter() - t
+    return record
+
+
+def main() -> None:
+    print(json.dumps(run_timed(sys.argv[1], sys.argv[2:])), file=sys.__stdout__)
 
 
 if __name__ == '__main__':

@@ -218,7 +218,9 @@ def build_model(out: Path, photos: Sequence[str], sizes: Sequence[int], seed: in
     del model
 
     # YOLOv5's export.py --include torchscript --dynamic, step by step (its own
-    # attempt_load cannot read a local file with the pip package's downloader)
+    # attempt_load cannot read a local file with the pip package's downloader).
+    # weights_only=False: this is the pickled YOLOv5 module saved just above by this
+    # function (the format MegaDetector's .pt files have), never user input
     export = torch.load(pt, map_location='cpu', weights_only=False)['model']
     export = export.float().fuse().eval()
     for m in export.modules():
@@ -232,7 +234,7 @@ def build_model(out: Path, photos: Sequence[str], sizes: Sequence[int], seed: in
     del export
     # the traced model gives the eager model's numbers at other shapes too
     traced = torch.jit.load(str(out / f'{stem}.torchscript'))
-    eager = torch.load(pt, weights_only=False)['model'].float().fuse().eval()
+    eager = torch.load(pt, weights_only=False)['model'].float().fuse().eval()  # ours, above
     g = torch.Generator().manual_seed(seed)
     for shape in ((768, 1280), (1280, 704), (384, 640)):
         x = torch.rand(1, 3, *shape, generator=g)
@@ -462,20 +464,8 @@ def _instrument(module: str, record: dict[str, Any]) -> None:
 def timed_run(module: str, args: Sequence[str]) -> None:
     """bench/_timed_run.py's measure (imports before the clock, model loading
     included), with ``_instrument``'s record; printed as JSON."""
-    import importlib
-    import runpy
-    import time
-    importlib.import_module(module)          # warm imports (torch, PIL, pandas...)
-    record: dict[str, Any] = {}
-    _instrument(module, record)
-    sys.argv = [module, *args]
-    t = time.perf_counter()
-    try:
-        runpy.run_module(module, run_name='__main__', alter_sys=True)
-    except SystemExit as e:
-        if e.code not in (0, None):
-            raise
-    record['seconds'] = time.perf_counter() - t
+    from _timed_run import run_timed
+    record = run_timed(module, args, lambda r: _instrument(module, r))
     print(json.dumps(record), file=sys.__stdout__)
 
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,16 +37,22 @@ PART_SUFFIX = '.part'
 _RUN_PREFIX = '#run '
 
 
+def _csv_text(rows: Iterable[Sequence[str]]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator='\n').writerows(rows)
+    return buf.getvalue()
+
+
+def _header(columns: Sequence[str]) -> str:
+    return _csv_text([['path', *columns]])
+
+
 def format_rows(paths: Sequence[str], probs: np.ndarray | None, n_cols: int) -> str:
     """CSV text of rows; ``probs`` None: rows of unreadable crops (no values)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator='\n')
     if probs is None:
-        writer.writerows([p, *([''] * n_cols)] for p in paths)
-    else:
-        writer.writerows([p, *(f'{v:.6g}' for v in row)]
-                         for p, row in zip(paths, probs.tolist(), strict=True))
-    return buf.getvalue()
+        return _csv_text([p, *([''] * n_cols)] for p in paths)
+    return _csv_text([p, *(f'{v:.6g}' for v in row)]
+                     for p, row in zip(paths, probs.tolist(), strict=True))
 
 
 class PartFile:
@@ -60,22 +67,28 @@ class PartFile:
         half-written by a kill. A part file of another run is refused."""
         if not self.path.exists():
             return set()
-        with open(self.path, 'rb') as f:
-            data = f.read()
-        complete = data[:data.rfind(b'\n') + 1]
-        lines = complete.decode('utf-8').splitlines()
-        if len(lines) < 2 or not lines[0].startswith(_RUN_PREFIX):
+        with open(self.path, encoding='utf-8', newline='') as f:
+            run, header = f.readline(), f.readline()
+        if not run.startswith(_RUN_PREFIX) or not header.endswith('\n'):
             raise utils.InputError(f'{self.path}: not a run_classifier part file; move it '
                                    'away to start the run')
-        if lines[0][len(_RUN_PREFIX):] != self.run or next(csv.reader([lines[1]])) != \
-                ['path', *self.columns]:
+        if run[len(_RUN_PREFIX):].rstrip('\n') != self.run or header != _header(self.columns):
             raise utils.InputError(
                 f'{self.path}: a partial run with another model, crops, categories or '
                 'engine; rerun with its settings, or delete it to start again')
-        if len(complete) != len(data):
-            with open(self.path, 'r+b') as f:
-                f.truncate(len(complete))
-        return {row[0] for row in csv.reader(lines[2:]) if row}
+        with open(self.path, 'r+b') as f:        # a kill may leave half a row at the end
+            size = f.seek(0, os.SEEK_END)
+            tail = b''
+            while b'\n' not in tail:            # the header ends in one
+                f.seek(max(0, size - len(tail) - 4096))
+                tail = f.read(size - f.tell())
+            complete = size - len(tail) + tail.rfind(b'\n') + 1
+            if complete != size:
+                f.truncate(complete)
+        with open(self.path, encoding='utf-8', newline='') as f:
+            f.readline()
+            f.readline()
+            return {row[0] for row in csv.reader(f) if row}
 
     def append(self, text: str) -> None:
         if self._f is None:
@@ -83,9 +96,7 @@ class PartFile:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._f = open(self.path, 'a', encoding='utf-8', newline='')
             if new:
-                header = io.StringIO()
-                csv.writer(header, lineterminator='\n').writerow(['path', *self.columns])
-                self._f.write(f'{_RUN_PREFIX}{self.run}\n{header.getvalue()}')
+                self._f.write(f'{_RUN_PREFIX}{self.run}\n{_header(self.columns)}')
         self._f.write(text)
         self._f.flush()
 
@@ -119,11 +130,9 @@ def finish(output: str, parts: Sequence[PartFile], columns: Sequence[str],
     """Copies the classified rows of ``parts`` (in order) into ``output``
     atomically, writes the shard manifest if given, removes the parts; returns
     (rows written, unreadable crops left out)."""
-    header = io.StringIO()
-    csv.writer(header, lineterminator='\n').writerow(['path', *columns])
     n = bad = 0
     with utils.open_output_text(output) as out:
-        out.write(header.getvalue())
+        out.write(_header(columns))
         for part in parts:
             for line, ok in part.rows():
                 if ok:

@@ -225,9 +225,8 @@ class PhotoFile:
                         # only the boxes' union, unpacked straight from the wider
                         # decoded rows (no zero-fill, no second copy)
                         scaled = (-(-sw // scale), -(-sh // scale))
-                        left, top = left // scale, top // scale
-                        right = min(scaled[0], -(-right // scale))
-                        bottom = min(scaled[1], -(-bottom // scale))
+                        left, top, right, bottom = scale_box((left, top, right, bottom), scale)
+                        right, bottom = min(scaled[0], right), min(scaled[1], bottom)
                         channels = 3 if mode == 'RGB' else 1
                         start = ((top - y) * w + (left - x)) * channels
                         union = Image.new(mode, (right - left, bottom - top), None)

@@ -17,6 +17,7 @@ has it (OpenVINO's own default there) and fp32 otherwise.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -75,6 +76,14 @@ def resolve_engine(asked: str, device: torch.device) -> str:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file, computed once per process for each version of it (a
+    model file is hashed both for its ONNX export and for a run's identity)."""
+    st = os.stat(path)
+    return _sha256(os.path.abspath(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
     h = hashlib.sha256()
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''):
@@ -88,15 +97,26 @@ def cache_dir() -> Path:
     return Path(base) / 'camera-trap-classifier' / 'onnx'
 
 
-def onnx_source(path: str | os.PathLike[str]) -> str | None:
-    """The TorchScript SHA-256 an ONNX export records (None if unreadable/absent)."""
+def _export_props(path: str | os.PathLike[str]) -> dict[str, str] | None:
+    """The metadata ``export_onnx`` records in a file (None if not ONNX)."""
     import onnx
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001 - any unreadable file is simply not a usable export
         return None
-    props = {p.key: p.value for p in model.metadata_props}
-    return props.get(_SOURCE_KEY) if props.get('export_version') == _EXPORT_VERSION else None
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def onnx_source(path: str | os.PathLike[str]) -> str | None:
+    """The TorchScript SHA-256 an ONNX export of this version records (None if
+    unreadable, absent, or made by another version of ``export_onnx``)."""
+    return _source(_export_props(path))
+
+
+def _source(props: dict[str, str] | None) -> str | None:
+    if props is None or props.get('export_version') != _EXPORT_VERSION:
+        return None
+    return props.get(_SOURCE_KEY)
 
 
 def export_onnx(model: torch.nn.Module | torch.jit.ScriptModule, example: torch.Tensor,
@@ -134,27 +154,19 @@ def onnx_path(model_path: str | os.PathLike[str], model: torch.nn.Module | torch
     beside = src.with_suffix('.onnx')
     shape = 'x'.join(str(v) for v in example.shape[1:])
     cached = cache_dir() / f'{sha[:24]}_{shape}.onnx'
-    for candidate in (beside, cached):
-        if candidate.is_file() and onnx_source(candidate) == sha:
-            return candidate
-    # beside the model unless another file is there (an export of an older version of
-    # the model, or of this project, is replaced)
-    stale = beside.exists() and onnx_source(beside) is None and _is_onnx(beside)
+    props = _export_props(beside) if beside.is_file() else None
+    if _source(props) == sha:
+        return beside
+    if cached.is_file() and onnx_source(cached) == sha:
+        return cached
+    # beside the model unless another file is there (an export made by an older
+    # version of this project is replaced)
+    stale = props is not None and _SOURCE_KEY in props and _source(props) is None
     target = beside if os.access(src.parent, os.W_OK) and (not beside.exists() or stale) \
         else cached
     target.parent.mkdir(parents=True, exist_ok=True)
     logger.info('exporting the model to ONNX (once): %s', target)
     return export_onnx(model, example, target, sha, dynamic)
-
-
-def _is_onnx(path: Path) -> bool:
-    """Whether ``path`` holds an ONNX model made by ``export_onnx`` (any version)."""
-    import onnx
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - not ONNX: not ours to replace
-        return False
-    return any(p.key == _SOURCE_KEY for p in model.metadata_props)
 
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -198,6 +210,11 @@ def _cpu_has_bf16() -> bool:
     return 'BF16' in [str(c).upper() for c in caps]
 
 
+def _as_array(x: torch.Tensor) -> np.ndarray:
+    """A batch as the contiguous float32 NCHW array the ONNX engines take."""
+    return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+
+
 def _openvino_runner(path: Path, bf16: bool) -> Runner:
     import openvino as ov
     core = ov.Core()
@@ -207,8 +224,7 @@ def _openvino_runner(path: Path, bf16: bool) -> Runner:
     request = compiled.create_infer_request()
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        out = request.infer({0: arr})
+        out = request.infer({0: _as_array(x)})
         return torch.from_numpy(np.array(out[compiled.output(0)], dtype=np.float32))
     return run
 
@@ -221,8 +237,7 @@ def _onnxruntime_runner(path: Path) -> Runner:
     name = session.get_inputs()[0].name
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(np.asarray(session.run(None, {name: arr})[0],
+        return torch.from_numpy(np.asarray(session.run(None, {name: _as_array(x)})[0],
                                            dtype=np.float32))
     return run
 

@@ -46,7 +46,6 @@ to crops_dir) and one column per category, in label-index order.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import signal
@@ -64,6 +63,7 @@ from classification import (
     inference,
     model_files,
     models,
+    shards,
     utils,
 )
 from classification.classifier_output import PartFile
@@ -103,12 +103,9 @@ class Crops:
                      [self.boxes[i] for i in keep] if self.boxes is not None else None)
 
     def digest(self) -> str:
-        h = hashlib.sha256()
-        for i, name in enumerate(self.names):
-            h.update(name.encode() + b'\0')
-            if self.boxes is not None:
-                h.update(repr(self.boxes[i]).encode())
-        return h.hexdigest()
+        if self.boxes is None:
+            return shards.digest(self.names)
+        return shards.digest(f'{n}\0{b!r}' for n, b in zip(self.names, self.boxes, strict=True))
 
 
 def _detections(detections_json: str, threshold: float, version: str | None
@@ -159,8 +156,7 @@ def photo_crops(photos_dir: str, detections_json: str, threshold: float,
                 missing.append(photo)
         if exists[photo]:
             keep.append((name, photo, box))
-    boxes = [(float(b[0]), float(b[1]), float(b[2]), float(b[3])) for _, _, b in keep]
-    return Crops([r[0] for r in keep], [r[1] for r in keep], boxes), missing
+    return Crops([r[0] for r in keep], [r[1] for r in keep], [r[2] for r in keep]), missing
 
 
 def dataset(root: str, crops: Crops, image_size: int,

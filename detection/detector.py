@@ -278,9 +278,9 @@ def to_md_detections(det: torch.Tensor, box: Letterbox,
 # -------------------------------------------------------------------------------- model
 
 class TorchScriptPredictor:
-    """A TorchScript YOLOv5 export as a ``Predictor``; ``config`` is the
-    ``config.txt`` YOLOv5's export.py stores in the file (shape, stride, names),
-    empty if there is none."""
+    """A YOLOv5 TorchScript export as a ``Predictor``: its module, or what runs it on
+    another engine (``load_predictor``); ``config`` is the ``config.txt`` YOLOv5's
+    export.py stores in the file (shape, stride, names), empty if there is none."""
 
     def __init__(self, module: Callable[[torch.Tensor], Any], device: torch.device,
                  config: Mapping[str, Any] | None = None) -> None:
@@ -332,7 +332,7 @@ def load_predictor(path: str, device: torch.device, engine: str = 'torch',
     if engine != 'torch':
         stride = model_stride(torchscript.config)
         side = max(stride, image_size // stride * stride)
-        probe = torch.zeros(1, 3, 2 * stride, 3 * stride)
+        probe = probe_input(stride)
         try:
             with torch.inference_mode():
                 expected = torchscript(probe)
@@ -372,6 +372,11 @@ def model_stride(config: Mapping[str, Any]) -> int:
     return stride if isinstance(stride, int) and stride > 0 else DEFAULT_STRIDE
 
 
+def probe_input(stride: int) -> torch.Tensor:
+    """A small non-square input (2 x 3 strides) that any dynamic-shape export takes."""
+    return torch.zeros(1, 3, 2 * stride, 3 * stride)
+
+
 def check_detector(predict: Predictor, stride: int, image_size: int, n_categories: int,
                    source: str) -> None:
     """Fails early, with the fix, for what would otherwise fail every photo: a model
@@ -381,7 +386,7 @@ def check_detector(predict: Predictor, stride: int, image_size: int, n_categorie
         raise utils.InputError(
             f'--image_size {image_size} is not a multiple of the model\'s stride {stride}: '
             f'use e.g. {max(stride, image_size // stride * stride)}')
-    probe = torch.zeros(1, 3, 2 * stride, 3 * stride)
+    probe = probe_input(stride)
     try:
         with torch.inference_mode():
             out = predict(probe)
