@@ -2,7 +2,7 @@
 
 1. Classifier speed end to end (decode + model): the original's run_classifier and
    ours with each engine (torch fp32, ONNX Runtime fp32, OpenVINO fp32 and bf16,
-   and what ``--engine auto`` picks) classify the same crop files with the same
+   OpenVINO int8 with --calibration-crops, and what ``--engine auto`` picks) classify the same crop files with the same
    TorchScript model at the model's size, same batch size and workers; crops/s of
    the step (imports excluded, bench/_timed_run.py, best of --repeats) and the
    share of crops whose top-1 label equals the original's (float32).
@@ -11,8 +11,8 @@
    crop_detections + run_classifier chain vs ours --from-photos (one step), and
    the share of crops whose top-1 label equals the original chain's.
 
-The ONNX exports are made once before timing (run_classifier caches them beside
-the model file); the one-time export is timed separately.
+The ONNX exports (and int8 copies) are made once before timing (run_classifier
+caches them beside the model file); the one-time export is timed separately.
 
 Models: trained classifiers at 224 px (top-1 agreement means little for random
 weights), e.g. from the demo:
@@ -52,6 +52,11 @@ ENGINES = [('torch fp32', ['--engine', 'torch', '--precision', 'fp32']),
            ('auto (default)', [])]
 
 
+def compared() -> list[tuple[str, list[str]]]:
+    """The engine runs compared with torch fp32 (the first) for top-1 agreement."""
+    return [(name, flags) for name, flags in ENGINES if name != 'auto (default)']
+
+
 def slug(name: str) -> str:
     return re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')
 
@@ -80,23 +85,35 @@ def model_size(model: Path) -> int:
     return info.image_size if info else 224
 
 
-def export_once(model: Path, size: int) -> float:
+def export_once(model: Path, size: int, calibration: Path | None) -> tuple[float, float]:
+    """Seconds of the one-time ONNX export, and of the int8 quantization (0 without
+    calibration crops)."""
     import torch
 
-    from classification import engines, model_files
-    m, _, _ = model_files.load_classifier(model, torch.device('cpu'))
+    from classification import engines, model_files, quantize
+    m, info, _ = model_files.load_classifier(model, torch.device('cpu'))
     t = time.perf_counter()
-    engines.onnx_path(model, m, torch.zeros(1, 3, size, size))
-    return time.perf_counter() - t
+    onnx = engines.onnx_path(model, m, torch.zeros(1, 3, size, size),
+                             {0: 'n', 2: 'h', 3: 'w'})
+    export_s = time.perf_counter() - t
+    if calibration is None:
+        return export_s, 0.0
+    t = time.perf_counter()
+    cal = quantize.calibration_set(calibration)
+    mean, std = model_files.normalisation(info)
+    quantize.int8_model(onnx, quantize.int8_key(engines.file_sha256(model), cal, size, mean,
+                                                std), cal, size, mean, std)
+    return export_s, time.perf_counter() - t
 
 
 def bench_engines(model: Path, crops: Path, work: Path, batch: int, workers: int,
-                  repeats: int) -> list[str]:
+                  repeats: int, calibration: Path | None) -> list[str]:
     size = model_size(model)
-    export_s = export_once(model, size)
+    export_s, int8_s = export_once(model, size, calibration)
     common = [str(model), str(crops), '', '--image-size', str(size), '--batch-size', str(batch),
               '--num-workers', str(workers)]
-    runs = [('original', ORIGINAL, 'megadetector.classification.run_classifier', [])] + [
+    runs: list[tuple[str, str, str, list[str]]] = [
+        ('original', ORIGINAL, 'megadetector.classification.run_classifier', [])] + [
         (name, OURS, 'classification.run_classifier', flags) for name, flags in ENGINES]
     times: dict[str, list[float]] = {name: [] for name, *_ in runs}
     for _ in range(repeats):
@@ -113,21 +130,23 @@ def bench_engines(model: Path, crops: Path, work: Path, batch: int, workers: int
         rows.append(f'| {model.name} ({size} px) | {name} | {n} | {n / best:.1f} | '
                     f'{min(times["original"]) / best:.2f}x | {agreement(top1(out), ref):.2%} |')
     rows.append(f'| {model.name} | (one-time ONNX export) | | {export_s:.1f} s | | |')
+    if calibration is not None:
+        rows.append(f'| {model.name} | (one-time int8 quantization) | | {int8_s:.1f} s | | |')
     return rows
 
 
 def bench_agreement(model: Path, crops: Path, work: Path) -> str:
-    """Top-1 agreement of bf16 (OpenVINO) and of the other fp32 engines with PyTorch
-    float32 on many distinct crops (not timed)."""
+    """Top-1 agreement of bf16 and int8 (OpenVINO) and of the other fp32 engines with
+    PyTorch float32 on many distinct crops (not timed)."""
     tops = {}
-    for name, flags in ENGINES[:4]:
+    for name, flags in compared():
         out = work / f'agree_{model.parent.name}_{slug(name)}.csv'
         subprocess.run([OURS, '-m', 'classification.run_classifier', str(model), str(crops),
                         str(out), '--batch-size', '32', '--num-workers', '0', *flags],
                        check=True, cwd=REPO, capture_output=True)
         tops[name] = top1(out)
     ref = tops['torch fp32']
-    cells = ' | '.join(f'{agreement(tops[n], ref):.2%}' for n, _ in ENGINES[1:4])
+    cells = ' | '.join(f'{agreement(tops[n], ref):.2%}' for n, _ in compared()[1:])
     return f'| {model.name} | {len(ref)} | {cells} |'
 
 
@@ -183,7 +202,7 @@ def bench_photos(model: Path, work: Path, copies: int, batch: int, workers: int,
                  threshold: float) -> list[str]:
     photos, dets = archive_copy(work, copies)
     size = model_size(model)
-    export_once(model, size)
+    export_once(model, size, None)
     tag = model.parent.name
     crops = work / f'crops_original_{tag}'
     shutil.rmtree(crops, ignore_errors=True)
@@ -231,9 +250,15 @@ def main() -> None:
                         help='photos and their detections for the route agreement table '
                              '(repeatable)')
     parser.add_argument('--only-agreement', action='store_true')
-    parser.add_argument('--agreement-crops', type=Path,
-                        help='a folder of many distinct crops for the top-1 agreement table')
+    parser.add_argument('--agreement-crops', type=Path, nargs='+', default=[],
+                        help='folders of many distinct crops for the top-1 agreement table')
+    parser.add_argument('--calibration-crops', type=Path,
+                        help='also run OpenVINO int8, quantized on these crops')
     args = parser.parse_args()
+    if args.calibration_crops:
+        ENGINES.insert(-1, ('openvino int8', ['--engine', 'openvino', '--precision', 'int8',
+                                              '--calibration-crops',
+                                              str(args.calibration_crops)]))
     if not Path(ORIGINAL).exists():
         sys.exit('run bench/setup_original.sh first')
     if not REAL.exists():
@@ -265,15 +290,15 @@ def main() -> None:
         print('|---|---|---|---|---|---|')
         for model in args.models:
             for row in bench_engines(model, crops, args.work, args.batch_size,
-                                     args.num_workers, args.repeats):
+                                     args.num_workers, args.repeats, args.calibration_crops):
                 print(row, flush=True)
-    if args.agreement_crops:
-        print(f'\n### top-1 agreement with PyTorch float32 on '
-              f'{args.agreement_crops} (not timed)\n')
-        print('| model | crops | ' + ' | '.join(n for n, _ in ENGINES[1:4]) + ' |')
-        print('|---|---|---|---|---|')
+    for folder in args.agreement_crops:
+        names = [n for n, _ in compared()[1:]]
+        print(f'\n### top-1 agreement with PyTorch float32 on {folder} (not timed)\n')
+        print('| model | crops | ' + ' | '.join(names) + ' |')
+        print('|---' * (len(names) + 2) + '|')
         for model in args.models:
-            print(bench_agreement(model, args.agreement_crops, args.work), flush=True)
+            print(bench_agreement(model, folder, args.work), flush=True)
     print(f'\n### photos -> classifications ({args.copies} x 15 real photos, threshold '
           f'{args.threshold}, square crops)\n')
     print('| model | run | crops | seconds | crops/s | vs original | top-1 = original |')

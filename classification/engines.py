@@ -13,7 +13,9 @@ are optional extras (``pip install .[openvino]`` / ``.[onnxruntime]``).
 Precision: ``fp32``, or ``bf16`` (PyTorch: bfloat16 autocast; OpenVINO: its
 bf16 inference precision, which needs AMX or AVX-512-BF16; ONNX Runtime has no
 bf16 CPU kernels and refuses it). ``auto`` is bf16 for OpenVINO on a CPU that
-has it (OpenVINO's own default there) and fp32 otherwise.
+has it (OpenVINO's own default there) and fp32 otherwise. ``int8`` (OpenVINO
+only, never picked by ``auto``) runs a copy quantized on calibration crops; see
+``classification.quantize``.
 """
 from __future__ import annotations
 
@@ -26,17 +28,21 @@ import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from classification import utils
 
+if TYPE_CHECKING:
+    from classification.quantize import Calibration
+
 logger = logging.getLogger(__name__)
 
 ENGINES = ('auto', 'torch', 'openvino', 'onnxruntime')
-PRECISIONS = ('auto', 'fp32', 'bf16')
+PRECISIONS = ('auto', 'fp32', 'bf16', 'int8')
+DETECTOR_PRECISIONS = ('auto', 'fp32', 'bf16')
 ONNX_OPSET = 17
 _SOURCE_KEY = 'source_sha256'
 # bumped when exports change (2: classifiers take any input size)
@@ -248,6 +254,14 @@ def resolve_precision(engine: str, asked: str, device: torch.device) -> str:
     if engine == 'onnxruntime' and asked == 'bf16':
         raise utils.InputError('--engine onnxruntime has no bf16 on CPUs; use --engine '
                                'openvino or torch for bf16')
+    if asked == 'int8':
+        from classification import quantize
+        if engine != 'openvino':
+            raise utils.InputError(f'--precision int8 runs on --engine openvino only (this run '
+                                   f'would use {engine})')
+        if not quantize.nncf_installed():
+            raise utils.InputError('--precision int8: nncf is not installed (pip install '
+                                   'nncf, or this project with its [openvino] extra)')
     if asked != 'auto':
         return asked
     return 'bf16' if engine == 'openvino' and _cpu_has_bf16() else 'fp32'
@@ -255,10 +269,11 @@ def resolve_precision(engine: str, asked: str, device: torch.device) -> str:
 
 def load_engine(engine: str, precision: str, model_path: str | os.PathLike[str],
                 model: torch.nn.Module | torch.jit.ScriptModule, image_size: int,
-                device: torch.device) -> Engine:
+                device: torch.device, int8: Int8 | None = None) -> Engine:
     """A classifier ready to run on ``engine`` (already resolved) at ``precision``
     (already resolved). ``model`` is the loaded TorchScript model; the torch engine
-    runs it (frozen with oneDNN fusion on CPUs in fp32), the others its ONNX export."""
+    runs it (frozen with oneDNN fusion on CPUs in fp32), the others its ONNX export
+    (for int8, its quantized copy made with ``int8``'s calibration crops)."""
     from classification import model_files
     if engine == 'torch':
         bf16 = precision == 'bf16'
@@ -270,11 +285,28 @@ def load_engine(engine: str, precision: str, model_path: str | os.PathLike[str],
         return Engine('torch', precision, _torch_runner(model, device, bf16))
     path = onnx_path(model_path, model, torch.zeros(1, 3, image_size, image_size),
                      {0: 'n', 2: 'h', 3: 'w'})
+    if precision == 'int8':
+        from classification import quantize
+        if int8 is None:
+            raise utils.InputError('--precision int8 needs --calibration-crops')
+        path = quantize.int8_model(path, int8.key, int8.calibration, image_size, int8.mean,
+                                   int8.std)
     return onnx_engine(engine, precision, path)
+
+
+@dataclass(frozen=True)
+class Int8:
+    """How a classifier is quantized: its calibration crops, the normalisation of
+    its inputs, and the key of the result (``quantize.int8_key``)."""
+    calibration: Calibration
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    key: str
 
 
 def onnx_engine(engine: str, precision: str, path: Path) -> Engine:
     """An ONNX file run by OpenVINO or ONNX Runtime on the CPU."""
     if engine == 'openvino':
+        # an int8 model keeps float32 where it is not quantized
         return Engine('openvino', precision, _openvino_runner(path, precision == 'bf16'))
     return Engine('onnxruntime', precision, _onnxruntime_runner(path))

@@ -84,9 +84,17 @@ def _is_gzip(path: str | os.PathLike[str]) -> bool:
     return str(path).endswith('.gz')
 
 
+def file_mode() -> int:
+    """The mode a new file gets under the current umask (0o666 less the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yields a temporary path beside ``path``; renames it onto ``path`` on success."""
+    """Yields a temporary path beside ``path``; renames it onto ``path`` on success,
+    with the mode a newly created file would have (mkstemp makes it 0600)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{target.name}.', suffix='.tmp', dir=target.parent)
@@ -94,6 +102,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, file_mode())
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():

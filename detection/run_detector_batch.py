@@ -134,7 +134,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--engine', choices=engines.ENGINES, default='auto',
                         help='inference engine (default: auto: OpenVINO on an x86 CPU where '
                              'installed, else ONNX Runtime, else PyTorch; PyTorch on CUDA)')
-    parser.add_argument('--precision', choices=engines.PRECISIONS, default='auto',
+    parser.add_argument('--precision', choices=engines.DETECTOR_PRECISIONS, default='auto',
                         help='fp32 or bf16 (default: auto, fp32: the detections of '
                              'MegaDetector; bf16 is several times faster on CPUs with AMX '
                              'but moves boxes and confidences slightly)')

@@ -2,6 +2,7 @@
 classifying straight from photos, and the readers of shard files."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -187,6 +188,85 @@ def test_an_engine_not_installed_gets_one_line(monkeypatch):
         engines.resolve_engine('openvino', torch.device('cpu'))
     assert engines.resolve_engine('auto', torch.device('cpu')) == 'torch'
     assert engines.resolve_engine('auto', torch.device('cuda')) == 'torch'
+
+
+def hide_modules(*names: str) -> list[str]:
+    """A python command line that runs run_classifier with ``names`` not importable."""
+    hide = '; '.join(f"sys.modules['{n}'] = None" for n in names)
+    return [sys.executable, '-c', f'import sys; {hide}; from classification import '
+            'run_classifier, utils; sys.exit(utils.run_cli(run_classifier.main))']
+
+
+@pytest.mark.parametrize('flags, hidden, message', [
+    (['--engine', 'openvino'], ['openvino'], '--engine openvino: openvino is not installed'),
+    (['--engine', 'onnxruntime'], ['onnxruntime'], 'onnxruntime is not installed'),
+    (['--precision', 'int8', '--calibration-crops', '{crops}'], ['nncf'],
+     '--precision int8: nncf is not installed'),
+])
+def test_an_engine_not_installed_is_refused_by_the_command(model_files, new_crops, tmp_path,
+                                                           flags, hidden, message):
+    flags = [f.format(crops=new_crops) for f in flags]
+    proc = subprocess.run([*hide_modules(*hidden), str(model_files[0]), str(new_crops),
+                           str(tmp_path / 'out' / 'o.csv'), *flags], text=True,
+                          capture_output=True, cwd=REPO)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if 'Warn' not in line]
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / 'out').exists()
+
+
+def test_int8_runs_one_calibrated_copy_of_the_model(model_files, new_crops, baseline, tmp_path):
+    model = tmp_path / 'model.pt'
+    shutil.copy(model_files[0], model)
+    flags = ['--engine', 'openvino', '--precision', 'int8', '--calibration-crops',
+             str(new_crops), '--batch-size', '8']
+    old = os.umask(0o027)
+    try:
+        proc = classify(model, new_crops, '-', *flags)
+    finally:
+        os.umask(old)
+    first = pd.read_csv(io.StringIO(proc.stdout)).set_index('path')   # stdout is only data
+    ref = pd.read_csv(baseline).set_index('path')
+    assert list(first.index) == list(ref.index)
+    assert np.abs(first.to_numpy() - ref.to_numpy()).max() < 0.2
+    agree = (first.to_numpy().argmax(1) == ref.to_numpy().argmax(1)).mean()
+    assert agree >= 0.9, agree
+    (xml,) = tmp_path.glob('model.int8-*.xml')
+    assert xml.with_suffix('.bin').is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('.')) == []
+    assert xml.stat().st_mode & 0o777 == 0o640                    # the umask, not 0600
+    stamp = xml.stat().st_mtime_ns
+    classify(model, new_crops, tmp_path / 'again.csv', *flags)
+    assert xml.stat().st_mtime_ns == stamp                        # made once
+    assert pd.read_csv(tmp_path / 'again.csv').set_index('path').equals(first)
+    # another calibration set gets its own copy
+    fewer = tmp_path / 'fewer'
+    fewer.mkdir()
+    for crop in sorted(new_crops.rglob('*.jpg'))[:5]:
+        shutil.copy(crop, fewer / crop.name)
+    flags[flags.index(str(new_crops))] = str(fewer)
+    classify(model, new_crops, tmp_path / 'fewer.csv', *flags)
+    assert len(list(tmp_path.glob('model.int8-*.xml'))) == 2
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--precision', 'int8'], 'go together'),
+    (['--calibration-crops', '{crops}'], 'go together'),
+    (['--precision', 'int8', '--calibration-crops', '{crops}', '--engine', 'onnxruntime'],
+     'int8 runs on --engine openvino only'),
+    (['--precision', 'int8', '--calibration-crops', '{crops}', '--engine', 'torch'],
+     'int8 runs on --engine openvino only'),
+    (['--precision', 'int8', '--calibration-crops', '{empty}'], 'no .jpg or .png crops'),
+    (['--precision', 'int8', '--calibration-crops', '{missing}'], 'not a folder'),
+])
+def test_bad_int8_settings_are_refused(model_files, new_crops, tmp_path, flags, message):
+    (tmp_path / 'empty').mkdir()
+    flags = [f.format(crops=new_crops, empty=tmp_path / 'empty', missing=tmp_path / 'no')
+             for f in flags]
+    proc = classify(model_files[0], new_crops, tmp_path / 'out' / 'o.csv', *flags,
+                    check=False)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / 'out').exists()
 
 
 def test_classifying_from_photos_matches_the_two_step_route(project, model_files, new_crops,
