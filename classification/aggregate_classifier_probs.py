@@ -83,8 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     [t for t in mapping if t not in targets])
     df = classifier_output.read_outputs(args.classifier_results_csv, dtype={'path': str})
     out = aggregate(df, {t: mapping[t] for t in targets})
-    utils.write_csv(out, args.output_csv, float_format='%.6g')
+    # the label index first: a merge step reading our output in a pipe reads it
+    # once our output ends
     utils.write_json(utils.label_index_dict(targets), args.output_label_index, indent=1)
+    utils.write_csv(out, args.output_csv, float_format='%.6g')
     logger.info('aggregated %d rows into %d targets', len(out), len(targets))
     return 0
 

@@ -68,7 +68,9 @@ def failed_images(log: Any, keys: Sequence[str] | None, source: str) -> list[str
         if not isinstance(group, list):
             raise utils.InputError(f'{source}: a --json-keys value is not a list')
         for i, item in enumerate(group):
-            path = item.get('file') if isinstance(item, Mapping) else item
+            # "image": download logs written before the one failure-log schema
+            path = (item.get('file', item.get('image')) if isinstance(item, Mapping)
+                    else item)
             if not isinstance(path, str) or not path:
                 raise utils.InputError(f'{source}: item {i} is neither an image path nor an '
                                        'object with a "file" path')

@@ -156,11 +156,48 @@ def read_outputs(paths: Sequence[str], **kwargs: Any) -> pd.DataFrame:
     if '-' in files and len(files) > 1:
         raise utils.InputError("'-' (stdin) cannot be combined with other files")
     files = shards.check_shards(files, 'run_classifier --shard')
-    frames = [utils.read_csv(p, **kwargs) for p in files]
+    frames = [check_probabilities(utils.read_csv(p, **kwargs), p) for p in files]
     if len(frames) == 1:
         return frames[0]
     columns = list(frames[0].columns)
     for p, df in zip(files, frames, strict=True):
         if list(df.columns) != columns:
             raise utils.InputError(f'{p}: columns differ from {files[0]}')
-    return pd.concat(frames, ignore_index=True)
+    out = pd.concat(frames, ignore_index=True)
+    _check_unique(out, ', '.join(files))
+    return out
+
+
+# evaluate_model's outputs_<split>.csv.gz also carry the true label and a weight
+NOT_PROBABILITIES = ('path', 'label', 'weight')
+
+
+def check_probabilities(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    """A classifier output table, checked: a "path" column naming each crop once,
+    and every other column (but "label" and "weight") a number from 0 to 1 in every row;
+    the probability columns come back as floats."""
+    if 'path' not in df.columns:
+        raise utils.InputError(f'{source}: no "path" column (is this run_classifier output?)')
+    if df['path'].isna().any():
+        raise utils.InputError(f'{source}: row {int(df["path"].isna().to_numpy().argmax()) + 2}'
+                               ' has no path')
+    _check_unique(df, source)
+    probs = [c for c in df.columns if c not in NOT_PROBABILITIES]
+    if not probs:
+        raise utils.InputError(f'{source}: no probability columns')
+    for col in probs:
+        values = pd.to_numeric(df[col], errors='coerce')
+        bad = values.isna() | ~values.between(0.0, 1.0)
+        if bad.any():
+            i = int(bad.to_numpy().argmax())
+            raise utils.InputError(f'{source}: row {i + 2} ({df["path"].iloc[i]!r}), column '
+                                   f'{col!r}: {df[col].iloc[i]!r} is not a probability (a '
+                                   'number from 0 to 1)')
+        df[col] = values.astype(float)
+    return df
+
+
+def _check_unique(df: pd.DataFrame, source: str) -> None:
+    dup = df['path'].duplicated()
+    if dup.any():
+        raise utils.InputError(f'{source}: crop {df["path"][dup].iloc[0]!r} is listed twice')

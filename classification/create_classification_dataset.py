@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from classification import utils
+from classification import crop_data, utils
 from classification.taxonomy import parse_label_spec
 from detection.detector_output import DetectionCache, queried_image_crops
 
@@ -260,6 +260,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     utils.setup_logging()
     out = Path(args.output_dir)
     csv_path = out / CSV_NAME
+    # everything is read and checked first and written at the end, so a run that
+    # fails leaves the outputs of the last good run as they were
+    test_locs: list[tuple[str, str]] = []
+    if args.match_test:
+        test_locs = crop_data.read_splits(Path(args.match_test[1])).get('test', [])
+    writes: list[Callable[[], None]] = []
     if 'csv' in args.mode:
         if args.detector_version is not None:
             utils.check_detector_version(args.detector_version)
@@ -270,9 +276,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.min_locs:
             df = drop_labels_with_few_locations(df, args.min_locs)
         if args.match_test:
-            old = utils.read_csv(args.match_test[0], dtype={'location': str})
-            test = {(d, str(loc)) for d, loc in
-                    utils.read_json(args.match_test[1]).get('test', [])}
+            old = utils.read_csv(args.match_test[0], dtype={'location': str, 'dataset': str})
+            lacking = [c for c in CSV_COLUMNS if c not in old.columns]
+            if lacking:
+                raise utils.InputError(f'{args.match_test[0]}: missing columns {lacking}')
+            test = set(test_locs)
             keep = [(d, str(loc)) in test for d, loc in zip(old['dataset'], old['location'],
                                                             strict=True)]
             df = pd.concat([df, old.loc[keep, CSV_COLUMNS]], ignore_index=True)
@@ -280,20 +288,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if df.empty:
             raise utils.InputError('no crops found for the queried images in '
                                    f'{args.cropped_images_dir} (did detect_and_crop run?)')
-        utils.write_csv(df, csv_path)
         labels = label_list(df)
-        utils.write_json(utils.label_index_dict(labels), out / 'label_index.json', indent=1)
-        logger.info('wrote %d crops of %d labels to %s', len(df), len(labels), csv_path)
+        table = df
+        writes += [lambda: utils.write_csv(table, csv_path),
+                   lambda: utils.write_json(utils.label_index_dict(labels),
+                                            out / 'label_index.json', indent=1),
+                   lambda: logger.info('wrote %d crops of %d labels to %s', len(table),
+                                       len(labels), csv_path)]
     if 'splits' in args.mode:
         if 'csv' not in args.mode:      # else the table just written is still in df
             df = utils.read_csv(csv_path, dtype={'location': str, 'dataset': str})
+            lacking = [c for c in CSV_COLUMNS if c not in df.columns]
+            if lacking or df.empty:
+                raise utils.InputError(f'{csv_path}: ' + (f'missing columns {lacking}'
+                                                          if lacking else 'no crops'))
         prioritize = None
         if args.label_spec:
             specs = parse_label_spec(utils.read_json(args.label_spec), args.label_spec)
             prioritize = {label: spec.prioritize for label, spec in specs.items()}
         if args.match_test:
-            test_locs = utils.read_json(args.match_test[1]).get('test', [])
-            test_set = {(d, str(loc)) for d, loc in test_locs}
+            test_set = set(test_locs)
             in_test = [(d, str(loc)) in test_set
                        for d, loc in zip(df['dataset'], df['location'], strict=True)]
             rest = df[[not t for t in in_test]]
@@ -310,8 +324,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             splits = split_smallest_first(df, args.val_frac, args.test_frac or 0.0,
                                           prioritize)
-        utils.write_json(splits, out / 'splits.json', indent=1)
-        logger.info('crops per label and split:\n%s', split_summary(df, splits).to_string())
+        summary = split_summary(df, splits).to_string()
+        writes += [lambda: utils.write_json(splits, out / 'splits.json', indent=1),
+                   lambda: logger.info('crops per label and split:\n%s', summary)]
+    for write in writes:
+        write()
     return 0
 
 

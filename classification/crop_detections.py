@@ -41,16 +41,29 @@ logger = logging.getLogger(__name__)
 
 
 def plan_jobs(doc: Mapping[str, Any], images_dir: str | None, crops_dir: str, version: str,
-              threshold: float) -> list[cropping.ImageJob]:
-    """One job per photo with at least one box above the threshold, in file order."""
+              threshold: float) -> tuple[list[cropping.ImageJob], dict[str, str]]:
+    """One job per photo with at least one box above the threshold, in file order;
+    and the photos refused, with why (a path that is absolute or leaves the
+    folders), which are logged as failures while the others are cropped."""
     by_image: dict[str, list[cropping.CropTask]] = {}
+    refused: dict[str, str] = {}
     for det in iter_detections(doc, threshold, animal_category_ids(doc)):
-        name = utils.crop_filename(det.image_file, det.index, version)
-        by_image.setdefault(det.image_file, []).append(
-            cropping.CropTask(utils.safe_join(crops_dir, name), det.bbox))
-    return [cropping.ImageJob(f, utils.safe_join(images_dir, f) if images_dir else None,
+        if det.image_file in refused:
+            continue
+        try:
+            name = utils.crop_filename(det.image_file, det.index, version)
+            out = utils.safe_join(crops_dir, name)
+            if images_dir:
+                utils.safe_join(images_dir, det.image_file)
+        except utils.InputError as e:
+            refused[det.image_file] = f'refused path: {e}'
+            by_image.pop(det.image_file, None)
+            continue
+        by_image.setdefault(det.image_file, []).append(cropping.CropTask(out, det.bbox))
+    jobs = [cropping.ImageJob(f, utils.safe_join(images_dir, f) if images_dir else None,
                               tuple(tasks))
             for f, tasks in by_image.items()]
+    return jobs, refused
 
 
 def blob_fetcher(container_url: str, save_full_images: bool
@@ -107,11 +120,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     utils.setup_logging()
     doc = read_document(args.detections_json)
     version = resolve_detector_version(doc, args.detector_version, args.detections_json)
-    jobs = plan_jobs(doc, args.images_dir, args.cropped_images_dir, version, args.threshold)
+    jobs, refused = plan_jobs(doc, args.images_dir, args.cropped_images_dir, version,
+                              args.threshold)
+    for name, why in list(refused.items())[:20]:
+        logger.warning('%s: %s', name, why)
+    utils.writable_dir(args.cropped_images_dir)
+    utils.writable_dir(args.logdir)
     fetch = blob_fetcher(args.container_url, args.save_full_images) if args.container_url \
         else None
     report = cropping.run_crop_jobs(jobs, args.square_crops, args.check_crops_valid,
                                     args.threads, fetch)
+    report.images += len(refused)
+    report.failures.update(refused)
     cropping.write_failure_log(report, args.logdir, 'crop_detections',
                                {'detector_version': version})
     return 0

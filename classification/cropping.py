@@ -11,7 +11,7 @@ import argparse
 import io
 import logging
 import os
-import time
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -207,6 +207,8 @@ class PhotoFile:
         by box averaging.
         """
         whole = Photo(self._img, self.orientation)
+        if boxes and _jpegregion is None and self._img.format == 'JPEG':
+            warn_no_region_decoder()
         if boxes and _jpegregion is not None and self._img.format == 'JPEG' \
                 and self._img.mode in ('RGB', 'L') and _is_complete_jpeg(self.data):
             sw, sh = self._img.size
@@ -236,6 +238,22 @@ class PhotoFile:
         if scale > 1:
             return Photo(self._img.reduce(scale), self.orientation)
         return whole
+
+
+_said = threading.Lock()
+_said_once: set[str] = set()
+
+
+def warn_no_region_decoder() -> None:
+    """Says once per process that the compiled JPEG region decoder is missing (its
+    build was skipped), so photos are decoded whole, about 1.6x slower."""
+    with _said:
+        if 'region' in _said_once:
+            return
+        _said_once.add('region')
+    logger.warning('the JPEG region decoder (classification._jpegregion) is not built, so '
+                   'photos are decoded whole (about 1.6x slower); build it with '
+                   '`pip install -e .` where a C compiler and libjpeg headers are installed')
 
 
 def scale_box(box: PixelBox, scale: int) -> PixelBox:
@@ -338,6 +356,8 @@ def crop_one_image(job: ImageJob, square: bool, check_valid: bool,
         try:
             save_jpeg(photo.crop(box), task.out_path)
         except OSError as e:
+            if utils.is_output_error(e):
+                raise           # a full or read-only disk: the run stops, in one line
             report.failures[job.key] = f'cannot write crop {task.out_path}: {e}'
             return report
         report.crops_written += 1
@@ -378,17 +398,10 @@ def write_failure_log(report: CropReport, logdir: str | os.PathLike[str], prefix
                       extra: dict[str, Any] | None = None) -> Path:
     """Writes ``<logdir>/<prefix>_log_<YYYYmmdd_HHMMSS>.json`` with every failed image,
     and logs the run's counts."""
-    stamp = time.strftime('%Y%m%d_%H%M%S')
-    path = Path(logdir) / f'{prefix}_log_{stamp}.json'
-    doc: dict[str, Any] = {
-        'images': report.images, 'crops_written': report.crops_written,
-        'crops_skipped_existing': report.crops_skipped,
-        'crops_invalid_box': report.crops_invalid_box,
-        'failures': [{'file': k, 'reason': v} for k, v in sorted(report.failures.items())],
-    }
-    if extra:
-        doc.update(extra)
-    utils.write_json(doc, path, indent=1)
+    counts = {'images': report.images, 'crops_written': report.crops_written,
+              'crops_skipped_existing': report.crops_skipped,
+              'crops_invalid_box': report.crops_invalid_box}
+    path = utils.write_failure_log(logdir, prefix, counts, report.failures, extra)
     logger.info('%d images: %d crops written, %d already there, %d failed images; log: %s',
                 report.images, report.crops_written, report.crops_skipped,
                 len(report.failures), path)

@@ -150,7 +150,7 @@ def run_detector_on(missing: Sequence[str], args: argparse.Namespace) -> list[st
 def fetch_missing_photos(keys: Sequence[str], args: argparse.Namespace
                          ) -> list[dict[str, str]]:
     """Downloads the photos (``<dataset>/<path>``) not yet in --images-dir; returns
-    the failures ({image, reason})."""
+    the failures ({file, reason})."""
     from data_management.megadb.downloads import download
     with open_megadb(args.megadb, args.cosmos_key, must_exist=True) as db:
         datasets = db.get_datasets()

@@ -140,6 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             image_size = model_files.check_image_size(info, args.image_size, image_size)
             model_files.check_labels(info, model_labels,
                                      args.label_index or f'{dataset_dir}/label_index.json')
+            if info is None:
+                n = model_files.probe_outputs(model, image_size, device, args.ckpt_path)
+                if n != len(model_labels):
+                    raise utils.InputError(f'{args.ckpt_path}: {n} outputs, but '
+                                           f'{len(model_labels)} labels')
         else:
             state, _ = model_files.checkpoint_state_dict(args.ckpt_path)
             model = models.build_model(model_name, len(model_labels))

@@ -153,7 +153,9 @@ def evaluate_frames(model: nn.Module | torch.jit.ScriptModule, frames: dict[str,
         if matrix is not None:
             probs = map_probs(probs, matrix, multilabel)
         if bad:
-            logger.warning('%s: %d crops could not be read and were left out', split, len(bad))
+            names = df['path'].iloc[list(bad)[:5]].tolist()
+            logger.warning('%s: %d crops could not be read and were left out (e.g. %s)', split,
+                           len(bad), ', '.join(names))
         y = (metrics.multi_hot(df['label_set'].tolist(), probs.shape[1]) if multilabel
              else df['label_idx'].to_numpy())
         results[split] = metrics.metrics_from_probs(probs, y, df['weight'].to_numpy(), bad)

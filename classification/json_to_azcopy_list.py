@@ -27,7 +27,11 @@ def file_lists(queried: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]
         ds = entry.get('dataset') if isinstance(entry, Mapping) else None
         if not isinstance(ds, str) or not key.startswith(f'{ds}/'):
             raise utils.InputError(f'{key}: needs a "dataset" field that prefixes its path')
-        out.setdefault(ds, []).append(key[len(ds) + 1:])
+        rel = key[len(ds) + 1:]
+        utils.safe_join(ds, rel)        # no '..', absolute paths or newlines in the list
+        if '/' in ds or ds in ('', '.', '..') or any(ord(c) < 32 for c in ds):
+            raise utils.InputError(f'{key}: dataset {ds!r} is not a plain folder name')
+        out.setdefault(ds, []).append(rel)
     return {ds: sorted(files) for ds, files in sorted(out.items())}
 
 

@@ -287,9 +287,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if '-' in args.classification_csv and '-' in (args.detection_json,
                                                   args.queried_images_json):
         raise utils.InputError('only one input can be read from stdin')
-    labels = utils.load_label_index(args.label_names_json)
     df = classifier_output.read_outputs(args.classification_csv,
                                         dtype={'path': str, 'label': str})
+    # read after the classifications: in a pipe, the step before writes this file
+    # (aggregate_classifier_probs -i) before it closes its output
+    labels = utils.load_label_index(args.label_names_json)
     if 'path' not in df.columns:
         raise utils.InputError(f'{args.classification_csv[0]}: no "path" column')
     df = select_rows(df, args.datasets, args.samples_per_label, args.seed)

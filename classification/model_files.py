@@ -128,6 +128,23 @@ def load_classifier(path: str | os.PathLike[str], device: torch.device
     return model.eval(), info, multilabel
 
 
+def probe_outputs(model: torch.jit.ScriptModule, image_size: int, device: torch.device,
+                  source: str) -> int:
+    """The number of outputs of a model file without classifier metadata, from one
+    run on a blank image; a file that is not a classifier (a MegaDetector file
+    gives boxes) is refused in one line."""
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, image_size, image_size, device=device))
+    except RuntimeError as e:
+        raise utils.InputError(f'{source}: cannot run on a {image_size}x{image_size} '
+                               f'image ({utils.one_line(str(e))[:300]})') from e
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
+        raise utils.InputError(f'{source}: not a classifier (its output is not one row '
+                               'of scores per image; a MegaDetector file?)')
+    return int(out.shape[1])
+
+
 def check_image_size(info: ClassifierInfo | None, asked: int | None, default: int = 224,
                      what: str = 'model') -> int:
     """The input size to run a model at: the file's own unless ``asked`` says

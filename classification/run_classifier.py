@@ -138,8 +138,18 @@ def list_crops(crops_dir: str, detections_json: str | None, threshold: float,
     present: list[str] = []
     missing: list[str] = []
     for crop in wanted:
-        (present if utils.safe_join(root, crop).is_file() else missing).append(crop)
+        (present if _is_file_inside(root, crop) else missing).append(crop)
     return present, missing
+
+
+def _is_file_inside(root: Path, relative: str) -> bool:
+    """Whether ``relative`` names a file inside ``root``; a path that would leave it
+    (or is absolute) is logged and counts as missing, and the run goes on."""
+    try:
+        return utils.safe_join(root, relative).is_file()
+    except utils.InputError as e:
+        logger.warning('refused path: %s', e)
+        return False
 
 
 def photo_crops(photos_dir: str, detections_json: str, threshold: float,
@@ -156,7 +166,7 @@ def photo_crops(photos_dir: str, detections_json: str, threshold: float,
     keep = []
     for name, (photo, box) in rows:
         if photo not in exists:
-            exists[photo] = utils.safe_join(root, photo).is_file()
+            exists[photo] = _is_file_inside(root, photo)
             if not exists[photo]:
                 missing.append(photo)
         if exists[photo]:
@@ -262,14 +272,8 @@ def model_categories(model: torch.jit.ScriptModule, info: model_files.Classifier
                      source: str) -> list[str]:
     """The output names; a file with no classifier metadata is run once on a blank
     image, which also refuses a detector given as a classifier."""
-    n = None
-    if info is None:
-        with torch.no_grad():
-            out = model(torch.zeros(1, 3, image_size, image_size, device=device))
-        if not isinstance(out, torch.Tensor) or out.ndim != 2:
-            raise utils.InputError(f'{source}: not a classifier (its output is not one row '
-                                   'of scores per image; a MegaDetector file?)')
-        n = out.shape[1]
+    n = None if info is not None else model_files.probe_outputs(model, image_size, device,
+                                                                 source)
     if given:
         categories = utils.load_label_index(given)
         model_files.check_labels(info, categories, given)

@@ -99,6 +99,16 @@ def parse_taxonomy_string(text: str, where: str) -> list[tuple[int | str, str, s
     return out
 
 
+def check_csv(text: str, source: str) -> None:
+    """Refuses text the csv module cannot parse (a bare carriage return inside a
+    field, a field over its size limit, ...) in one line."""
+    try:
+        for _ in csv.reader(io.StringIO(text)):
+            pass
+    except csv.Error as e:
+        raise InputError(f'{source}: not a readable CSV file ({e})') from e
+
+
 def load_taxonomy_csv(path: str | os.PathLike[str], single_parent: bool = False) -> Taxonomy:
     """Reads a taxonomy CSV into a Taxonomy; malformed rows are an InputError.
 
@@ -108,6 +118,7 @@ def load_taxonomy_csv(path: str | os.PathLike[str], single_parent: bool = False)
     """
     with open_input_text(path) as f:
         text = f.read()
+    check_csv(text, str(path))
     reader = csv.DictReader(io.StringIO(text))
     missing = [c for c in TAXONOMY_CSV_COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
@@ -337,6 +348,7 @@ def csv_spec_to_json(text: str, source: str) -> dict[str, Any]:
     with ``#`` are skipped; the header row is optional.
     """
     js: dict[str, dict[str, Any]] = {}
+    check_csv(text, source)
     reader = csv.reader(io.StringIO(text))
     for row in reader:
         line = reader.line_num

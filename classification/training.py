@@ -395,6 +395,7 @@ class Trainer:
         self.board = Board(run_dir, dist.is_main)
         self._ddp: nn.Module | None = None
         self._ddp_finetune: bool | None = None
+        self._unreadable: set[int] = set()
 
     # ------------------------------------------------------------ checkpoints
 
@@ -476,6 +477,8 @@ class Trainer:
                 self.state.batch = batch_no
                 on_batch(batch_no)
                 continue
+            if not bool(ok.all()):
+                self.report_unreadable(idx[~ok].tolist())
             if not none_ok and not bool(ok.all()):
                 x, y, idx = x[ok], y[ok], idx[ok]
             x = crop_data.to_model_input(x, self.device)
@@ -528,6 +531,16 @@ class Trainer:
         loss, top1, top3 = (float(v / n) for v in sums[1:])
         return metrics.EpochResult(loss, top1, top3, loss, top1, top3, None, (),
                                    examples, cm)  # type: ignore[arg-type]
+
+    def report_unreadable(self, rows: list[int]) -> None:
+        """Logs each training crop that could not be read (skipped), once per run
+        and at most 20 of them by name."""
+        paths = self.train_loader.dataset.paths  # type: ignore[attr-defined]
+        for i in rows:
+            if i not in self._unreadable:
+                self._unreadable.add(i)
+                if len(self._unreadable) <= 20:
+                    logger.warning('unreadable training crop skipped: %s', paths[i])
 
     def evaluate(self, split: str) -> metrics.EpochResult:
         """The model on one split, every crop on one rank, results on all."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import gzip
 import io
 import json
@@ -20,6 +21,7 @@ import os
 import re
 import sys
 import tempfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -34,16 +36,50 @@ STDIO = '-'
 class InputError(Exception):
     """A user mistake (bad file, bad record, bad flag combination).
 
-    ``run_cli`` turns it into one line on stderr and exit code 2.
+    ``run_cli`` turns it into one line on stderr and exit code 2; the message is
+    kept on one line (a path or a library's message may hold line breaks).
     """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(' '.join(str(message).split()))
+
+
+# errors of the place a step writes to (or reads from): the user's to fix
+OUTPUT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
+                           errno.EDQUOT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG,
+                           errno.ENOENT, errno.EEXIST})
+
+
+def one_line(text: str) -> str:
+    """A message on one line (library errors, PyTorch's among them, span several)."""
+    return ' '.join(str(text).split())
+
+
+def os_error_message(e: OSError) -> str:
+    where = e.filename if e.filename is not None else 'a file'
+    hint = {errno.ENOSPC: ' (the disk is full)', errno.EDQUOT: ' (over the disk quota)',
+            errno.EROFS: ' (a read-only file system)'}.get(e.errno or 0, '')
+    return one_line(f'{where}: {e.strerror or e}{hint}')
+
+
+def is_output_error(e: BaseException) -> bool:
+    """An OSError that a user fixes (no permission, a full or read-only disk, ...)."""
+    return isinstance(e, OSError) and e.errno in OUTPUT_ERRNOS
 
 
 def run_cli(main: Callable[[], int]) -> int:
-    """Runs a script's main(), mapping user errors to one stderr line and exit code 2."""
+    """Runs a script's main(), mapping user errors to one stderr line and exit code 2:
+    an InputError, and an OSError of the file system (no permission, a full or
+    read-only disk, a folder where a file is expected)."""
     try:
         return main()
     except InputError as e:
-        print(f'error: {e}', file=sys.stderr)
+        print(f'error: {one_line(str(e))}', file=sys.stderr)
+        return 2
+    except OSError as e:
+        if not is_output_error(e):
+            raise
+        print(f'error: {os_error_message(e)}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
@@ -130,7 +166,10 @@ def open_output_text(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
 def open_input_text(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
     """Opens a text input: stdin for '-', gzip by suffix; missing files are InputError."""
     if str(path) == STDIO:
-        yield sys.stdin
+        try:
+            yield sys.stdin
+        except UnicodeDecodeError as e:
+            raise InputError(f'stdin: not UTF-8 text ({e.reason} at byte {e.start})') from e
         return
     try:
         if _is_gzip(path):
@@ -143,6 +182,10 @@ def open_input_text(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
         raise InputError(f'{path}: file not found') from e
     except IsADirectoryError as e:
         raise InputError(f'{path}: is a folder, expected a file') from e
+    except UnicodeDecodeError as e:
+        raise InputError(f'{path}: not UTF-8 text ({e.reason} at byte {e.start})') from e
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise InputError(f'{path}: not a complete gzip file ({e})') from e
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
@@ -152,8 +195,48 @@ def read_json(path: str | os.PathLike[str]) -> Any:
             return json.load(f)
         except json.JSONDecodeError as e:
             raise InputError(f'{path}: not valid JSON ({e})') from e
-        except (UnicodeDecodeError, OSError, EOFError) as e:
+        except UnicodeDecodeError as e:
+            raise InputError(f'{path}: not UTF-8 text ({e.reason} at byte {e.start})') from e
+        except (OSError, EOFError, zlib.error) as e:
             raise InputError(f'{path}: cannot read ({e})') from e
+        except (RecursionError, ValueError) as e:
+            # nesting too deep for the parser, or a number with thousands of digits
+            raise InputError(f'{path}: not JSON this program reads ({str(e)[:100]})') from e
+
+
+FAILURE_LOG_VERSION = 1
+
+
+def failure_entries(failures: Mapping[str, str]) -> list[dict[str, str]]:
+    """Per-photo failures as the failure log lists them: ``{"file", "reason"}``,
+    sorted by file."""
+    return [{'file': k, 'reason': v} for k, v in sorted(failures.items())]
+
+
+def write_failure_log(folder: str | os.PathLike[str], step: str, counts: Mapping[str, int],
+                      failures: Mapping[str, str], extra: Mapping[str, Any] | None = None
+                      ) -> Path:
+    """Writes ``<folder>/<step>_log_<YYYYmmdd_HHMMSS>.json``, the one failure-log
+    schema of every step (README, "Formats"): ``failure_log_version``, ``step``,
+    the step's counts, ``failures`` (``[{"file", "reason"}]``) and any ``extra``
+    keys (more lists of ``{"file", "reason"}`` objects, or lists of paths)."""
+    import time
+    path = Path(folder) / f'{step}_log_{time.strftime("%Y%m%d_%H%M%S")}.json'
+    doc: dict[str, Any] = {'failure_log_version': FAILURE_LOG_VERSION, 'step': step,
+                           **counts, 'failures': failure_entries(failures)}
+    doc.update(extra or {})
+    write_json(doc, path, indent=1)
+    return path
+
+
+def writable_dir(path: str | os.PathLike[str]) -> Path:
+    """Creates the folder ``path`` if needed and checks that files can be written
+    in it; OSError (EACCES, EROFS, ...) otherwise, which run_cli reports in one line."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder, prefix='.write-check-'):
+        pass
+    return folder
 
 
 def write_json(obj: Any, path: str | os.PathLike[str], indent: int | None = None) -> None:
@@ -169,8 +252,10 @@ def read_csv(path: str | os.PathLike[str], **kwargs: Any) -> pd.DataFrame:
     with open_input_text(path) as f:
         try:
             return pd.read_csv(f, **kwargs)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
-                OSError, EOFError) as e:
+        except UnicodeDecodeError as e:
+            raise InputError(f'{path}: not UTF-8 text ({e.reason} at byte {e.start})') from e
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, EOFError,
+                zlib.error) as e:
             raise InputError(f'{path}: not a readable CSV file ({e})') from e
 
 
@@ -209,9 +294,12 @@ def load_label_index(path: str | os.PathLike[str]) -> list[str]:
     if not isinstance(raw, dict) or not raw:
         raise InputError(f'{path}: expected a non-empty JSON object {{"0": "label", ...}}')
     try:
-        pairs = sorted((int(k), v) for k, v in raw.items())
+        keyed = [(int(k), v) for k, v in raw.items()]
     except ValueError as e:
         raise InputError(f'{path}: keys must be integers 0..n-1 ({e})') from e
+    if len({i for i, _ in keyed}) != len(keyed):
+        raise InputError(f'{path}: two keys name the same index (e.g. "1" and "01")')
+    pairs = sorted(keyed, key=lambda kv: kv[0])
     if [i for i, _ in pairs] != list(range(len(pairs))):
         raise InputError(f'{path}: keys must be the integers 0..{len(pairs) - 1} without gaps')
     labels = [v for _, v in pairs]
@@ -282,6 +370,8 @@ def parse_crop_filename(crop: str) -> tuple[str, int, str | None]:
 def safe_join(root: str | os.PathLike[str], relative: str) -> Path:
     """``root/relative``, refusing absolute paths and paths that leave ``root``."""
     rel = relative.replace('\\', '/')
+    if any(ord(c) < 32 for c in rel):
+        raise InputError(f'{relative!r}: a path with a control character (newline, NUL, ...)')
     if not rel or rel.startswith('/') or re.match(r'^[A-Za-z]:', rel):
         raise InputError(f'{relative!r}: expected a relative image path')
     parts = [p for p in rel.split('/') if p not in ('', '.')]

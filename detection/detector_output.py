@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from classification.utils import (
     InputError,
@@ -45,6 +45,15 @@ class Detection:
     bbox: tuple[float, float, float, float]
 
 
+def _is_number(value: Any) -> TypeGuard[float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:       # an integer too large for a float
+        return False
+
+
 def check_document(doc: Any, source: str) -> dict[str, Any]:
     """Checks the parts of a detector-output document that the pipeline relies on.
 
@@ -58,9 +67,14 @@ def check_document(doc: Any, source: str) -> dict[str, Any]:
     cats = doc.get('detection_categories', DEFAULT_DETECTION_CATEGORIES)
     if not isinstance(cats, dict):
         raise InputError(f'{source}: "detection_categories" must be an object')
+    seen: set[str] = set()
     for i, img in enumerate(images):
         if not isinstance(img, dict) or not isinstance(img.get('file'), str):
             raise InputError(f'{source}: images[{i}] has no "file" string')
+        if img['file'] in seen:
+            raise InputError(f'{source}: images[{i}]: {img["file"]!r} is listed twice (its '
+                             'crops would overwrite each other)')
+        seen.add(img['file'])
         dets = img.get('detections')
         if dets is None:
             continue
@@ -72,11 +86,12 @@ def check_document(doc: Any, source: str) -> dict[str, Any]:
                 raise InputError(f'{where}: expected an object')
             bbox = det.get('bbox')
             if (not isinstance(bbox, list) or len(bbox) != 4
-                    or not all(isinstance(v, (int, float)) for v in bbox)):
-                raise InputError(f'{where}: "bbox" must be [x, y, width, height]')
+                    or not all(_is_number(v) for v in bbox) or bbox[2] < 0 or bbox[3] < 0):
+                raise InputError(f'{where}: "bbox" must be [x, y, width, height], finite '
+                                 'numbers with width and height not below 0')
             conf = det.get('conf')
-            if not isinstance(conf, (int, float)) or not math.isfinite(conf):
-                raise InputError(f'{where}: "conf" must be a number')
+            if not _is_number(conf) or not 0 <= conf <= 1:
+                raise InputError(f'{where}: "conf" must be a number from 0 to 1')
             if str(det.get('category')) not in cats:
                 raise InputError(f'{where}: unknown category {det.get("category")!r}')
     return doc

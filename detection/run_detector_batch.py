@@ -179,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mine = shard.sub(dist.rank, dist.world_size) if dist.enabled else shard
     part = mine if dist.enabled else None       # this process writes a part of the output
     out_dir = Path(args.output_file).parent if args.output_file != '-' else Path('.')
+    if args.output_file != '-':
+        utils.writable_dir(out_dir)     # before the model is loaded (or exported)
     checkpoint_path = args.checkpoint_path
     if args.checkpoint_frequency > 0 and checkpoint_path is None:
         checkpoint_path = str(out_dir / f'md_checkpoint_{time.strftime("%Y%m%d%H%M%S")}.json')

@@ -145,12 +145,19 @@ def test_bad_photos_are_logged_and_the_run_goes_on(tmp_path, monkeypatch):
     assert (tmp_path / 'crops' / 'good.jpg___crop00_mdv5a.jpg').exists()
 
 
-def test_traversal_path_is_refused(tmp_path, capsys):
+def test_a_traversal_path_is_skipped_and_logged(tmp_path, capsys):
+    """A path leaving the photos folder is refused for that entry only; the rest of
+    the run goes on."""
     (tmp_path / 'img').mkdir()
-    rc, _ = _run(tmp_path, _detections(['../../etc/evil.jpg']), '-v', '5a')
-    assert rc == 2
+    _photo().save(tmp_path / 'img' / 'a.jpg')
+    rc, log = _run(tmp_path, _detections(['../../etc/evil.jpg', 'a.jpg']), '-v', '5a')
+    assert rc == 0
     assert 'leave the folder' in capsys.readouterr().err
-    assert not (tmp_path / 'crops').exists()
+    reasons = {f['file']: f['reason'] for f in log['failures']}
+    assert list(reasons) == ['../../etc/evil.jpg'] and 'refused path' in reasons[
+        '../../etc/evil.jpg']
+    assert [p.name for p in (tmp_path / 'crops').iterdir()] == ['a.jpg___crop00_mdv5a.jpg']
+    assert not (tmp_path.parent / 'etc').exists()
 
 
 def test_rerun_resumes_and_check_crops_valid_redoes_broken(tmp_path):

@@ -35,7 +35,7 @@ def test_download_from_blob_and_local(tmp_path, azurite, fast_blob_retries, caps
     (log,) = store.glob('download_images_log_*.json')
     report = read_json(log)
     assert report['downloaded'] == 3 and report['requested'] == 5
-    assert {f['image']: f['reason'] for f in report['failures']} == {
+    assert {f['file']: f['reason'] for f in report['failures']} == {
         'a/missing.jpg': 'blob not found', 'c/nope.jpg': 'dataset c is not in the MegaDB'}
     assert sas.split('sig=')[1].split('&')[0] not in capsys.readouterr().err
     log.unlink()
@@ -98,7 +98,7 @@ def test_detect_and_crop_save_full_images(tmp_path, azurite, fast_blob_retries, 
     assert (tmp_path / 'crops' / 'ds' / 'cam' / 'a.jpg___crop00.jpg').exists()
     (log,) = (tmp_path / 'out').glob('detect_and_crop_log_*.json')
     report = read_json(log)
-    assert report['download_failures'] == [{'image': 'ds/missing.jpg',
+    assert report['download_failures'] == [{'file': 'ds/missing.jpg',
                                             'reason': 'blob not found'}]
     assert [f['file'] for f in report['failures']] == ['ds/missing.jpg']
     assert sas.split('sig=')[1].split('&')[0] not in capsys.readouterr().err

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import numpy as np
 import pandas as pd
@@ -11,7 +13,7 @@ from classification import aggregate_classifier_probs as acp
 from classification import map_classification_categories as mcc
 from classification import merge_classification_detection_output as mcdo
 from classification import utils
-from tests.conftest import read_json, run_module
+from tests.conftest import REPO, read_json, run_module
 from tests.test_taxonomy import TAXONOMY
 
 
@@ -98,6 +100,42 @@ def test_pipe_with_aggregation(project, tmp_path, request):
                 assert sum(p for _, p in d['classifications']) == pytest.approx(1.0, abs=1e-3)
                 n += 1
     assert n > 0
+
+
+def test_the_readme_pipe_runs_as_written_from_a_clean_folder(project, tmp_path, request):
+    """The README's "As one pipe" block, verbatim, in a folder holding only its inputs
+    (merge must not read label_index_remapped.json before aggregate writes it)."""
+    import re
+    import subprocess
+    trained_run = request.getfixturevalue('trained_run')
+    base_logdir = request.getfixturevalue('base_logdir')
+    text = (REPO / 'README.md').read_text()
+    block = re.search(r'### As one pipe\n```bash\n(.*?)```', text, re.S)
+    assert block is not None
+    from classification import crop_detections
+    det = project / 'new_photos' / 'detections.json'
+    assert crop_detections.main([str(det), str(tmp_path / 'crops'), '-i',
+                                 str(project / 'new_photos' / 'images'), '-t', '0.2',
+                                 '--logdir', str(tmp_path / 'logs')]) == 0
+    clean = tmp_path / 'clean'
+    clean.mkdir()
+    (compiled,) = trained_run.glob('ckpt_*_compiled.pt')
+    (clean / 'model_compiled.pt').symlink_to(compiled)
+    (clean / 'crops').symlink_to(tmp_path / 'crops')
+    (clean / 'detections.json').symlink_to(det)
+    (clean / 'label_index.json').symlink_to(base_logdir / 'label_index.json')
+    labels = utils.load_label_index(base_logdir / 'label_index.json')
+    (clean / 'target_to_classifier_labels.json').write_text(json.dumps(
+        {'mammal': [lab for lab in labels if lab != 'turkey'], 'bird': ['turkey']}))
+    proc = subprocess.run(['bash', '-o', 'pipefail', '-c', block.group(1)], cwd=clean,
+                          capture_output=True, text=True,
+                          env={**os.environ, 'PYTHONPATH': str(REPO), 'PATH': os.pathsep.join(
+                              [os.path.dirname(sys.executable), os.environ['PATH']])})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged = json.loads((clean / 'merged.json').read_text())
+    assert merged['classification_categories'] == {'0': 'mammal', '1': 'bird'}
+    assert any(d.get('classifications') for img in merged['images']
+               for d in img.get('detections') or [])
 
 
 def test_merge_queried_images_mode(base_logdir, trained_run, tmp_path):

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from classification import utils
 from data_management.megadb.base import (
@@ -67,8 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         datasets = db.get_datasets()
     report = download(items, args.store_dir, datasets, args.threads, args.only_new_images,
                       args.check_existing_dir)
-    log = Path(args.store_dir) / f'download_images_log_{time.strftime("%Y%m%d_%H%M%S")}.json'
-    utils.write_json(report, log, indent=1)
+    counts = {k: v for k, v in report.items() if k != 'failures'}
+    log = utils.write_failure_log(args.store_dir, 'download_images', counts,
+                                  {f['file']: f['reason'] for f in report['failures']})
     logger.info('%d images: %d fetched, %d already there, %d failed; log: %s',
                 report['requested'], report['downloaded'], report['skipped_existing'],
                 len(report['failures']), log)

@@ -119,4 +119,4 @@ def download(items: Sequence[tuple[str, str]], store_dir: str, datasets: Mapping
                 failures[name] = reason
     fetched = sum(name not in failures for name, _ in todo)
     return {'requested': len(items), 'downloaded': fetched, 'skipped_existing': skipped,
-            'failures': [{'image': k, 'reason': v} for k, v in sorted(failures.items())]}
+            'failures': utils.failure_entries(failures)}

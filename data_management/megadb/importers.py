@@ -7,6 +7,7 @@ datasets): images carry ``location``, ``seq_id``, ``frame_num``, ``datetime``,
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
@@ -29,6 +30,10 @@ def _box_category(name: str) -> str:
     return 'animal'
 
 
+def _is_id(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
 def coco_to_sequences(coco: Any, dataset: str, source: str) -> list[dict[str, Any]]:
     """Sequence documents for one dataset from a COCO Camera Traps document.
 
@@ -42,26 +47,37 @@ def coco_to_sequences(coco: Any, dataset: str, source: str) -> list[dict[str, An
             raise InputError(f'{source}: missing "{key}" list (is this COCO Camera Traps JSON?)')
     categories: dict[Any, str] = {}
     for i, cat in enumerate(coco['categories']):
-        if not isinstance(cat, Mapping) or 'id' not in cat or not isinstance(cat.get('name'), str):
-            raise InputError(f'{source}: categories[{i}] needs "id" and "name"')
+        if not isinstance(cat, Mapping) or not _is_id(cat.get('id')) or not isinstance(
+                cat.get('name'), str):
+            raise InputError(f'{source}: categories[{i}] needs "id" (a number or string) '
+                             'and "name"')
+        if cat['id'] in categories:
+            raise InputError(f'{source}: categories[{i}]: duplicate category id {cat["id"]!r}')
         categories[cat['id']] = cat['name'].strip().lower()
     images: dict[Any, Mapping[str, Any]] = {}
+    files: set[str] = set()
     for i, img in enumerate(coco['images']):
-        if not isinstance(img, Mapping) or 'id' not in img or not isinstance(
+        if not isinstance(img, Mapping) or not _is_id(img.get('id')) or not isinstance(
                 img.get('file_name'), str):
-            raise InputError(f'{source}: images[{i}] needs "id" and "file_name"')
+            raise InputError(f'{source}: images[{i}] needs "id" (a number or string) and '
+                             '"file_name"')
         if img['id'] in images:
             raise InputError(f'{source}: images[{i}]: duplicate image id {img["id"]!r}')
+        if img['file_name'] in files:
+            raise InputError(f'{source}: images[{i}]: file {img["file_name"]!r} is listed '
+                             'twice')
+        files.add(img['file_name'])
         images[img['id']] = img
     classes: dict[Any, set[str]] = defaultdict(set)
     boxes: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for i, ann in enumerate(coco['annotations']):
         if not isinstance(ann, Mapping):
             raise InputError(f'{source}: annotations[{i}]: expected an object')
-        img = images.get(ann.get('image_id'))
+        img = images.get(ann.get('image_id')) if _is_id(ann.get('image_id')) else None
         if img is None:
             raise InputError(f'{source}: annotations[{i}]: unknown image_id {ann.get("image_id")!r}')
-        name = categories.get(ann.get('category_id'))
+        name = (categories.get(ann.get('category_id')) if _is_id(ann.get('category_id'))
+                else None)
         if name is None:
             raise InputError(
                 f'{source}: annotations[{i}]: unknown category_id {ann.get("category_id")!r}')
@@ -74,14 +90,21 @@ def coco_to_sequences(coco: Any, dataset: str, source: str) -> list[dict[str, An
             raise InputError(f'{source}: image {img["file_name"]}: a box needs the image '
                              '"width" and "height"')
         if (not isinstance(bbox, list) or len(bbox) != 4
-                or not all(isinstance(v, (int, float)) for v in bbox)):
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                           and math.isfinite(v) for v in bbox)
+                or not (bbox[2] > 0 and bbox[3] > 0)):
             raise InputError(f'{source}: annotations[{i}]: "bbox" must be [x, y, width, height] '
-                             'in pixels')
+                             'in pixels, finite, with width and height above 0')
         x, y, bw, bh = (float(v) for v in bbox)
-        norm = [x / w, y / h, bw / w, bh / h]
-        norm = [min(max(v, 0.0), 1.0) for v in norm]
+        # the part of the box inside the image (a box wholly outside it is an error,
+        # not a sliver at its edge)
+        x1, y1 = min(max(x / w, 0.0), 1.0), min(max(y / h, 0.0), 1.0)
+        x2, y2 = min(max((x + bw) / w, 0.0), 1.0), min(max((y + bh) / h, 0.0), 1.0)
+        if x2 <= x1 or y2 <= y1:
+            raise InputError(f'{source}: annotations[{i}]: "bbox" {bbox} lies outside its '
+                             f'{w}x{h} image')
         boxes[img['id']].append({'category': _box_category(name),
-                                 'bbox': [round(v, 4) for v in norm]})
+                                 'bbox': [round(v, 4) for v in (x1, y1, x2 - x1, y2 - y1)]})
 
     seqs: dict[str, dict[str, Any]] = {}
     for img_id, img in images.items():
