@@ -47,6 +47,12 @@ def aggregate(df: pd.DataFrame, mapping: Mapping[str, Sequence[str]]) -> pd.Data
     if unmapped:
         raise utils.InputError(f'target mapping: classifier column(s) {unmapped[:5]} are in no '
                                'target (map_classification_categories puts them in "other")')
+    sums = df[columns].to_numpy(dtype=np.float64).sum(axis=1)
+    if len(sums) and sums.max() > 1.0 + 1e-3:
+        i = int(sums.argmax())
+        raise utils.InputError(f'classifier CSV: the probabilities of {df["path"].iloc[i]!r} '
+                               f'sum to {sums[i]:.4g}; sums of a multi-label classifier\'s '
+                               'outputs are not probabilities, so they cannot be aggregated')
     targets = list(mapping)
     matrix = np.zeros((len(columns), len(targets)))
     for i, c in enumerate(columns):
@@ -73,10 +79,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
-    mapping = utils.require_mapping(utils.read_json(args.target_mapping), args.target_mapping)
+    mapping = utils.require_mapping(utils.read_json(args.target_mapping, unique_keys=True),
+                                    args.target_mapping)
     if not all(isinstance(v, list) and all(isinstance(x, str) for x in v)
                for v in mapping.values()):
         raise utils.InputError(f'{args.target_mapping}: expected {{target: [labels]}}')
+    reserved = [t for t in mapping if t in classifier_output.NOT_PROBABILITIES]
+    if reserved:
+        raise utils.InputError(f'{args.target_mapping}: {reserved[0]!r} cannot name a target '
+                               '(it is a column of its own in classifier outputs)')
+    if args.output_csv != '-' and args.output_csv == args.output_label_index:
+        raise utils.InputError(f'{args.output_csv}: given both as -o and as -i')
+    for out in (args.output_csv, args.output_label_index):
+        utils.check_output_path(out, [*args.classifier_results_csv, args.target_mapping])
     targets = [t for t, members in mapping.items() if members]
     if len(targets) < len(mapping):
         logger.info('targets without classifier labels left out: %s',

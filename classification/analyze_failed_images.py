@@ -183,6 +183,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
+    if not args.failed_images.lower().startswith('http'):
+        utils.check_output_path(args.output, [args.failed_images])
     paths = failed_images(read_log(args.failed_images), args.json_keys,
                           'log' if args.failed_images.lower().startswith('http')
                           else args.failed_images)

@@ -21,7 +21,7 @@ import csv
 import io
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -62,9 +62,12 @@ class PartFile:
         self.path, self.run, self.columns = path, run, list(columns)
         self._f: IO[str] | None = None
 
-    def done(self) -> set[str]:
+    def done(self, expected: Collection[str] | None = None) -> set[str]:
         """Crops already in the part file (read or unreadable); cuts a row left
-        half-written by a kill. A part file of another run is refused."""
+        half-written by a kill. A part file of another run is refused, and so is
+        one whose rows are not this run's: a crop not in ``expected`` (the crops
+        of this run), a crop twice, a row of another width, or a value that is
+        not a probability (an edited or damaged file)."""
         if not self.path.exists():
             return set()
         with open(self.path, encoding='utf-8', newline='') as f:
@@ -88,7 +91,29 @@ class PartFile:
         with open(self.path, encoding='utf-8', newline='') as f:
             f.readline()
             f.readline()
-            return {row[0] for row in csv.reader(f) if row}
+            return self._check_rows(csv.reader(f), expected)
+
+    def _check_rows(self, rows: Iterator[list[str]], expected: Collection[str] | None
+                    ) -> set[str]:
+        done: set[str] = set()
+        width = len(self.columns) + 1
+        for n, row in enumerate(rows, 3):
+            if not row:
+                continue
+            problem = None
+            if len(row) != width:
+                problem = f'{len(row)} values where rows have {width}'
+            elif row[0] in done:
+                problem = f'crop {row[0]!r} is listed twice'
+            elif expected is not None and row[0] not in expected:
+                problem = f'crop {row[0]!r} is not one of the crops of this run'
+            elif any(row[1:]) and not all(_is_probability(v) for v in row[1:]):
+                problem = 'a value that is not a probability'
+            if problem:
+                raise utils.InputError(f'{self.path}: row {n}: {problem} (a damaged or edited '
+                                       'part file); delete it to start the run again')
+            done.add(row[0])
+        return done
 
     def append(self, text: str) -> None:
         if self._f is None:
@@ -112,6 +137,14 @@ class PartFile:
             next(f)
             for line in f:
                 yield line, not _unreadable_row(line, len(self.columns))
+
+
+def _is_probability(text: str) -> bool:
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return 0.0 <= value <= 1.0
 
 
 def _unreadable_row(line: str, n_cols: int) -> bool:
@@ -191,7 +224,7 @@ def check_probabilities(df: pd.DataFrame, source: str) -> pd.DataFrame:
         if bad.any():
             i = int(bad.to_numpy().argmax())
             raise utils.InputError(f'{source}: row {i + 2} ({df["path"].iloc[i]!r}), column '
-                                   f'{col!r}: {df[col].iloc[i]!r} is not a probability (a '
+                                   f'{col!r}: {str(df[col].iloc[i])!r} is not a probability (a '
                                    'number from 0 to 1)')
         df[col] = values.astype(float)
     return df

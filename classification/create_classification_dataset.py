@@ -38,7 +38,7 @@ import pandas as pd
 
 from classification import crop_data, utils
 from classification.taxonomy import parse_label_spec
-from detection.detector_output import DetectionCache, queried_image_crops
+from detection.detector_output import DetectionCache, queried_image_crops, read_queried_images
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='label specification JSON: with --method smallest_first, fill '
                              'the test (then val) set first from the datasets its '
                              '"prioritize" field lists for each label')
-    parser.add_argument('--seed', type=int, default=123,
+    parser.add_argument('--seed', type=utils.nonneg_int, default=123,
                         help='random seed for --method random (default: 123)')
     args = parser.parse_args(argv)
     if 'csv' in args.mode:
@@ -269,8 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if 'csv' in args.mode:
         if args.detector_version is not None:
             utils.check_detector_version(args.detector_version)
-        queried = utils.require_mapping(utils.read_json(args.queried_images_json),
-                                        args.queried_images_json)
+        queried = read_queried_images(args.queried_images_json)
         df = build_dataset_csv(queried, args.cropped_images_dir, args.detector_output_cache_dir,
                                args.detector_version, args.threshold)
         if args.min_locs:

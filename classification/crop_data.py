@@ -9,6 +9,7 @@ data-loading workers.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import queue
@@ -30,6 +31,8 @@ from torchvision.transforms import functional as F
 from classification import utils
 from classification.cropping import PhotoFile, scale_box, to_rgb
 from classification.model_files import IMAGENET_MEAN, IMAGENET_STD
+
+logger = logging.getLogger(__name__)
 
 T_co = TypeVar('T_co')
 SPLITS = ('train', 'val', 'test')
@@ -76,10 +79,25 @@ def load_split_frames(dataset_dir: str | os.PathLike[str], labels: Sequence[str]
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise utils.InputError(f'{base}/classification_ds.csv: confidence of '
-                               f'{df["path"].iloc[row]!r} is {df["confidence"].iloc[row]!r}; '
+                               f'{df["path"].iloc[row]!r} is {str(df["confidence"].iloc[row])!r}; '
                                'it must be a number from 0 to 1')
     df['confidence'] = conf
+    dup = df['path'].duplicated()
+    if dup.any():
+        raise utils.InputError(f'{base}/classification_ds.csv: crop {df["path"][dup].iloc[0]!r} '
+                               'is listed twice')
     keys = pd.Series(list(zip(df['dataset'], df['location'], strict=True)), index=df.index)
+    known = set(keys)
+    listed = {loc for locs in split_locs.values() for loc in locs}
+    stray = sorted(listed - known)
+    if stray:
+        raise utils.InputError(f'{base}/splits.json: location {list(stray[0])} has no crops in '
+                               'classification_ds.csv (splits made for another dataset?)')
+    unplaced = ~keys.isin(listed)
+    if unplaced.any():
+        logger.warning('%s: %d crops of %d locations in no split of splits.json are left out '
+                       '(e.g. %s)', base, int(unplaced.sum()), len(set(keys[unplaced])),
+                       list(keys[unplaced].iloc[0]))
     out = {}
     for split in splits:
         locs = {(d, loc) for d, loc in split_locs.get(split, [])}
@@ -89,7 +107,7 @@ def load_split_frames(dataset_dir: str | os.PathLike[str], labels: Sequence[str]
 
 def read_splits(path: Path) -> dict[str, list[tuple[str, str]]]:
     """splits.json as {split: [(dataset, location), ...]}, checked."""
-    raw = utils.read_json(path)
+    raw = utils.read_json(path, unique_keys=True)
     if not isinstance(raw, dict):
         raise utils.InputError(f'{path}: expected {{"train": [[dataset, location], ...], ...}}')
     out: dict[str, list[tuple[str, str]]] = {}

@@ -11,6 +11,7 @@ import argparse
 import io
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -344,7 +345,9 @@ def crop_one_image(job: ImageJob, square: bool, check_valid: bool,
         report.failures[job.key] = str(e)
         return report
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-        report.failures[job.key] = f'cannot decode image: {e}'
+        # Pillow names the in-memory file it was given; say which photo instead
+        report.failures[job.key] = 'cannot decode image: ' + re.sub(
+            r'\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>', '', str(e))
         return report
     bad_boxes = []
     for task, box in boxes:

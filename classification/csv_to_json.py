@@ -38,6 +38,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
+    utils.check_output_path(args.output_json_path, [args.input_csv_file])
     with utils.open_input_text(args.input_csv_file) as f:
         text = f.read()
     js = csv_spec_to_json(text, args.input_csv_file)

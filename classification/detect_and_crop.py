@@ -49,7 +49,7 @@ from data_management.megadb.base import (
     add_cosmos_key_flag,
     open_megadb,
 )
-from detection.detector_output import DetectionCache, queried_image_crops
+from detection.detector_output import DetectionCache, queried_image_crops, read_queried_images
 
 logger = logging.getLogger(__name__)
 
@@ -194,8 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
     utils.check_detector_version(args.detector_version)
-    queried = utils.read_json(args.queried_images_json)
-    utils.require_mapping(queried, args.queried_images_json)
+    queried = read_queried_images(args.queried_images_json)
 
     def plan() -> tuple[list[cropping.ImageJob], list[str]]:
         return plan_jobs(queried, args.detector_output_cache_dir, args.detector_version,

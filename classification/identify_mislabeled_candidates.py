@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from classification import utils
+from classification.classifier_output import check_probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +41,8 @@ def margins(df: pd.DataFrame, source: str) -> np.ndarray:
     for name in ('path', 'label'):
         if name not in df.columns:
             raise utils.InputError(f'{source}: no "{name}" column')
+    df = check_probabilities(df, source)   # each a number from 0 to 1, each crop once
     classes = [c for c in df.columns if c not in META_COLUMNS]
-    if not classes:
-        raise utils.InputError(f'{source}: no probability columns')
     label_col = pd.Index(classes).get_indexer(pd.Index(df['label'].astype(str)))
     if (label_col < 0).any():
         row = int(np.flatnonzero(label_col < 0)[0])
@@ -65,6 +65,10 @@ def candidates(df: pd.DataFrame, margin: float, include_dataset: bool,
             image = utils.parse_crop_filename(crop)[0]
         except utils.InputError as e:
             raise utils.InputError(f'{source}: {e}') from e
+        try:
+            utils.safe_join('<crops folder>', image)
+        except utils.InputError as e:
+            raise utils.InputError(f'{source}: crop {crop!r}: {e}') from e
         dataset, sep, rest = image.partition('/')
         if not sep or not rest:
             raise utils.InputError(f'{source}: crop {crop!r} is not under a <dataset>/ folder')
@@ -93,16 +97,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     splits = args.splits or [s for s in SPLITS if (logdir / f'outputs_{s}.csv.gz').is_file()]
     if not splits:
         raise utils.InputError(f'{logdir}: no outputs_<split>.csv.gz (run evaluate_model)')
+    # every split is read and checked before any list is written
+    outputs: list[tuple[str, Path, list[str]]] = []
     for split in splits:
         source = str(logdir / f'outputs_{split}.csv.gz')
         df = utils.read_csv(source, dtype={'path': str, 'label': str})
         lists = candidates(df, args.margin, args.include_dataset_in_filename, source)
         for dataset, files in lists.items():
-            path = utils.safe_join(logdir, f'mislabeled_candidates_{split}_{dataset}.txt')
-            utils.write_lines(files, path)
-            logger.info('%s, %s: %d candidate images -> %s', split, dataset, len(files), path)
+            try:
+                path = utils.safe_join(logdir, f'mislabeled_candidates_{split}_{dataset}.txt')
+            except utils.InputError as e:
+                raise utils.InputError(f'{source}: dataset folder {dataset!r} cannot name a '
+                                       f'file ({e})') from e
+            outputs.append((split, path, files))
         if not lists:
             logger.info('%s: no crop beats its label by %.2f or more', split, args.margin)
+    for split, path, files in outputs:
+        utils.write_lines(files, path)
+        logger.info('%s: %d candidate images -> %s', split, len(files), path)
     return 0
 
 

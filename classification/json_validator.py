@@ -63,7 +63,18 @@ def load_mislabeled(folder: str | os.PathLike[str] | None, dataset: str) -> dict
         raise utils.InputError(f'{path}: mislabeled-images CSV needs a "file" column')
     correct = df['correct_class'] if 'correct_class' in df.columns else pd.Series(
         [''] * len(df), dtype=str)
-    return {f: (c.strip().lower() or None) for f, c in zip(df['file'], correct, strict=True)}
+    def said(cls: str | None) -> str:
+        return repr(cls) if cls else 'none (drop the image)'
+
+    out: dict[str, str | None] = {}
+    for row, (f, c) in enumerate(zip(df['file'], correct, strict=True)):
+        cls = c.strip().lower() or None
+        if f in out and out[f] != cls:
+            raise utils.InputError(
+                f'{path}: row {row + 2}: image {f!r} is listed again with another '
+                f'correct_class, {said(cls)} after {said(out[f])}; keep one row for it')
+        out[f] = cls
+    return out
 
 
 def query_images(db: MegaDB, ds_to_labels: Mapping[str, Mapping[str, list[str]]],
@@ -217,7 +228,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
-    specs = parse_label_spec(utils.read_json(args.label_spec_json), args.label_spec_json)
+    specs = parse_label_spec(utils.read_json(args.label_spec_json, unique_keys=True),
+                             args.label_spec_json)
     taxonomy = load_taxonomy_csv(args.taxonomy_csv, single_parent=args.single_parent_taxonomy)
     resolved = resolve_label_spec(specs, taxonomy, allow_multilabel=args.allow_multilabel)
     for label in sorted(resolved):

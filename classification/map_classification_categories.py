@@ -80,6 +80,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
+    utils.check_output_path(args.output, [args.desired_label_spec_json,
+                                          args.classifier_label_spec_json, args.taxonomy_csv,
+                                          args.classifier_label_index])
     taxonomy = load_taxonomy_csv(args.taxonomy_csv)
     targets = resolve_label_spec(
         parse_label_spec(utils.read_json(args.desired_label_spec_json),

@@ -51,8 +51,10 @@ from classification import classifier_output, utils
 from detection.detector_output import (
     DEFAULT_DETECTION_CATEGORIES,
     FORMAT_VERSION,
+    detector_name,
     load_cache,
     read_document,
+    read_queried_images,
 )
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,13 @@ def classification_lists(df: pd.DataFrame, label_names: Sequence[str], threshold
     highest first; plus the true label's entry first or last (``label_pos``)."""
     has_preds = all(name in df.columns for name in label_names)
     has_label = 'label' in df.columns
+    prob_columns = [c for c in df.columns if c not in classifier_output.NOT_PROBABILITIES]
+    extra = [c for c in prob_columns if c not in label_names]
+    if extra or (prob_columns and not has_preds):
+        missing = [n for n in label_names if n not in df.columns]
+        raise utils.InputError(
+            'classification CSV: its probability columns do not match the label index ('
+            + (f'not in the index: {extra[:5]}' if extra else f'missing: {missing[:5]}') + ')')
     if not has_preds and not has_label:
         raise utils.InputError('classification CSV needs a probability column per label of '
                                'the label index, or a "label" column')
@@ -112,6 +121,20 @@ def classification_lists(df: pd.DataFrame, label_names: Sequence[str], threshold
             else:
                 lst.append(item)
     return lists
+
+
+def check_crop_versions(parsed: pd.DataFrame, detections: Mapping[str, Any]) -> None:
+    """Refuses crops named for another detector version than the detections' own
+    (``info.detector``): their box indices refer to another detector's boxes. A
+    short version that the other extends ("5a" and "5a.0.0") is the same."""
+    name = detector_name(detections)
+    if name is None:
+        return
+    want = utils.detector_version_from_name(name)
+    for ver in sorted(set(parsed['ver'].dropna())):
+        if not (want == ver or want.startswith(f'{ver}.') or ver.startswith(f'{want}.')):
+            raise utils.InputError(f'crops of detector version {ver} cannot be merged into '
+                                   f'detections of {name} (version {want})')
 
 
 def _parse_paths(paths: pd.Series) -> pd.DataFrame:
@@ -183,6 +206,7 @@ def merge(probs_df: pd.DataFrame, label_names: Sequence[str], detections: Mappin
     Raises InputError naming a crop path that matches no detection.
     """
     parsed = _parse_paths(probs_df['path'])
+    check_crop_versions(parsed, detections)
     lists = classification_lists(probs_df, label_names, threshold, label_pos, relative_conf)
     # copy only what gets changed: the image and detection dicts (not boxes, not extras)
     out = dict(detections)
@@ -299,8 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         detections = read_document(args.detection_json)
     else:
         utils.check_detector_version(args.detector_version)
-        queried = utils.require_mapping(utils.read_json(args.queried_images_json),
-                                        args.queried_images_json)
+        queried = read_queried_images(args.queried_images_json)
         detections = queried_images_document(df['path'], queried,
                                              args.detector_output_cache_dir,
                                              args.detector_version)

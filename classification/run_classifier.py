@@ -133,7 +133,10 @@ def list_crops(crops_dir: str, detections_json: str | None, threshold: float,
     if not root.is_dir():
         raise utils.InputError(f'{crops_dir}: crops folder not found')
     if detections_json is None:
-        return sorted(p.relative_to(root).as_posix() for p in root.rglob('*.jpg')), []
+        found = sorted(p.relative_to(root).as_posix() for p in root.rglob('*.jpg'))
+        if not found:
+            raise utils.InputError(f'{crops_dir}: no crops (*.jpg files) in it')
+        return found, []
     wanted = sorted(set(expected_crops(detections_json, threshold, version)))
     present: list[str] = []
     missing: list[str] = []
@@ -229,7 +232,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              'photo in memory instead of reading crop files')
     parser.add_argument('--square-crops', action='store_true',
                         help='with --from-photos: as crop_detections --square-crops')
-    parser.add_argument('--image-size', type=utils.positive_int, default=None,
+    parser.add_argument('--image-size', type=utils.image_size, default=None,
                         help="model input size in pixels (default: the model file's own, "
                              'else 224; another size than the one it was trained at is '
                              'run with a warning)')
@@ -301,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     utils.setup_logging()
     if args.detector_version is not None:
         utils.check_detector_version(args.detector_version)
+    utils.check_output_path(args.output, [args.model, args.detections_json,
+                                          args.classifier_categories])
     dist = Dist.from_env(models.pick_device(args.device), timeout_minutes=24 * 60)
     device = dist.device
     model, info, multilabel = model_files.load_classifier(args.model, device)
@@ -336,8 +341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     part = PartFile(classifier_output.part_path(out_base, mine if dist.enabled else None),
                     f'{run}/{mine.k}of{mine.n}', categories)
     try:
-        done = part.done()
-        todo = crops.take(mine).without(done)
+        share = crops.take(mine)
+        done = part.done(set(share.names))
+        todo = share.without(done)
         if done:
             logger.info('resuming: %d crops done, %d to go', len(done), len(todo.names))
         engine = engines.load_engine(engine_name, precision, args.model, model, image_size,

@@ -345,7 +345,9 @@ def csv_spec_to_json(text: str, source: str) -> dict[str, Any]:
     ``row`` (``dataset|label``), ``datasettaxon`` (``dataset|level|name``), a
     taxonomy level (content is the taxon name), ``max_count`` and
     ``prioritize`` (a list-of-lists literal). Blank lines and lines starting
-    with ``#`` are skipped; the header row is optional.
+    with ``#`` are skipped; the header row is optional. Rows of a label add up,
+    but ``max_count`` and ``prioritize`` take one value each: a row that changes
+    an earlier one is an InputError.
     """
     js: dict[str, dict[str, Any]] = {}
     check_csv(text, source)
@@ -389,11 +391,12 @@ def csv_spec_to_json(text: str, source: str) -> dict[str, Any]:
             if exclude:
                 raise InputError(f'{where}: max_count cannot be excluded')
             try:
-                spec['max_count'] = int(content)
+                count = int(content)
             except ValueError as e:
                 raise InputError(f'{where}: max_count must be an integer') from e
-            if spec['max_count'] < 1:
+            if count < 1:
                 raise InputError(f'{where}: max_count must be at least 1')
+            _set_once(spec, 'max_count', count, label, where)
         elif kind == 'prioritize':
             if exclude:
                 raise InputError(f'{where}: prioritize cannot be excluded')
@@ -405,7 +408,7 @@ def csv_spec_to_json(text: str, source: str) -> dict[str, Any]:
             if not isinstance(tiers, list) or not all(
                     isinstance(t, list) and all(isinstance(d, str) for d in t) for t in tiers):
                 raise InputError(f'{where}: prioritize must be a list of lists of strings')
-            spec['prioritize'] = tiers
+            _set_once(spec, 'prioritize', tiers, label, where)
         else:
             _check_level(kind, where)
             target.setdefault('taxa', []).append({'level': kind, 'name': content})
@@ -414,6 +417,14 @@ def csv_spec_to_json(text: str, source: str) -> dict[str, Any]:
     # validate the result with the JSON rules (e.g. prioritize needs max_count)
     parse_label_spec(js, source)
     return js
+
+
+def _set_once(spec: dict[str, Any], key: str, value: Any, label: str, where: str) -> None:
+    """Sets a single-valued field; a second row may repeat it but not change it."""
+    if key in spec and spec[key] != value:
+        raise InputError(f'{where}: {key} {value!r} for label {label!r} differs from the '
+                         f'{spec[key]!r} of an earlier row; give it once')
+    spec[key] = value
 
 
 def _check_level(level: str, where: str) -> None:

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--logdir', default='.', help='parent folder of the run folder')
     parser.add_argument('--seed', type=int, default=None,
                         help='random seed (default: random, recorded in params.json)')
-    parser.add_argument('--image-size', type=utils.positive_int,
+    parser.add_argument('--image-size', type=utils.image_size,
                         help='input size in pixels (default: 224, or the EfficientNet size)')
     parser.add_argument('--patience', type=utils.positive_int, default=8,
                         help='stop after this many epochs without a better val accuracy')
@@ -200,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         made = False
         if args.resume:
             training.check_resume_dataset(run_dir, prepared)
+            training.load_resumable(run_dir)    # before anything is written there
             if dist.is_main:
                 training.clean_stale_temporaries(run_dir)
                 training.log_resume(run_dir, args.add_epochs or 0, dist.world_size)

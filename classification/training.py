@@ -20,6 +20,7 @@ number of epochs), so a resumed run trains each epoch at the rate it would have.
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import logging
 import math
@@ -50,6 +51,7 @@ CKPT_LAST = 'ckpt_last.pt'
 # right after that batch (and its checkpoint, if one is due)
 KILL_ENV = 'CT_TRAIN_KILL_AT'
 RESUME_LOG = 'resumes.jsonl'
+DATASET_DIGEST = 'dataset_digest.json'
 
 
 # ---------------------------------------------------------------- recipe
@@ -204,6 +206,28 @@ def check_resume_dataset(run_dir: Path, prepared: Prepared) -> None:
                                       prepared.splits)
     if diff:
         raise utils.InputError(f'{where}: {diff}')
+    saved = run_dir / DATASET_DIGEST
+    if saved.is_file():                 # runs started before it was written have none
+        was = utils.require_mapping(utils.read_json(saved), str(saved))
+        now = dataset_digest(prepared.frames)
+        if was.get('digest') != now['digest']:
+            raise utils.InputError(f'{where}: the crops, labels or confidences of the dataset '
+                                   f'changed since the run started ({was.get("crops")} crops '
+                                   f'then, {now["crops"]} now)')
+
+
+def dataset_digest(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    """A SHA-256 of what a run trains and selects on: each split's crops with their
+    labels and detection confidences (a resume is checked against it)."""
+    h = hashlib.sha256()
+    n = 0
+    for split in sorted(frames):
+        df = frames[split].sort_values('path')
+        cols = [c for c in ('path', 'label', 'confidence') if c in df.columns]
+        h.update(split.encode() + b'\0')
+        h.update(df[cols].to_csv(index=False).encode())
+        n += len(df)
+    return {'digest': h.hexdigest(), 'crops': n}
 
 
 def run_config(run_dir: Path) -> TrainConfig:
@@ -243,6 +267,7 @@ def start_run_dir(run_dir: Path, prepared: Prepared, world_size: int = 1) -> Non
     utils.write_json(utils.label_index_dict(prepared.labels), run_dir / 'label_index.json')
     utils.write_json({s: [list(x) for x in locs] for s, locs in prepared.splits.items()},
                      run_dir / 'splits.json')
+    utils.write_json(dataset_digest(prepared.frames), run_dir / DATASET_DIGEST)
 
 
 def clean_stale_temporaries(run_dir: Path) -> None:
@@ -413,11 +438,7 @@ class Trainer:
         self.dist.barrier()
 
     def load_last(self, add_epochs: int) -> None:
-        _, ckpt = model_files.checkpoint_state_dict(self.run_dir / CKPT_LAST)
-        if not ckpt or 'state' not in ckpt:
-            raise utils.InputError(f'{self.run_dir / CKPT_LAST}: not a resumable checkpoint '
-                                   '(made by an older version: train a new run, or start one '
-                                   'from it with --pretrained)')
+        ckpt = load_resumable(self.run_dir)
         self.model.load_state_dict(ckpt['model'])
         self.optimizer.load_state_dict(ckpt['optimizer'])
         if ckpt.get('scaler'):
@@ -644,6 +665,18 @@ class Trainer:
                                                   model_files.compiled_path(best_ckpt))
         logger.info('best epoch %d; TorchScript model: %s', best, compiled)
         return table
+
+
+def load_resumable(run_dir: Path) -> dict[str, Any]:
+    """The run's last checkpoint, checked to be one a run can resume from (called
+    before anything is written to the run folder, and again to resume)."""
+    _, ckpt = model_files.checkpoint_state_dict(run_dir / CKPT_LAST)
+    if not ckpt or not isinstance(ckpt.get('state'), dict) or 'model' not in ckpt \
+            or 'optimizer' not in ckpt:
+        raise utils.InputError(f'{run_dir / CKPT_LAST}: not a resumable checkpoint '
+                               '(made by an older version: train a new run, or start one '
+                               'from it with --pretrained)')
+    return ckpt
 
 
 def log_resume(run_dir: Path, add_epochs: int, world_size: int) -> None:

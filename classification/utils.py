@@ -188,11 +188,22 @@ def open_input_text(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
         raise InputError(f'{path}: not a complete gzip file ({e})') from e
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
-    """Reads JSON from a file (gzip by suffix) or stdin; bad JSON is an InputError."""
+def read_json(path: str | os.PathLike[str], unique_keys: bool = False) -> Any:
+    """Reads JSON from a file (gzip by suffix) or stdin; bad JSON is an InputError.
+    With ``unique_keys``, an object with a key given twice is one too (json keeps
+    the last silently); for the small files a person writes (label specs, label
+    indexes, splits, mappings), not for large detector outputs."""
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in items:
+            if key in out:
+                raise InputError(f'{path}: key {key!r} is given twice')
+            out[key] = value
+        return out
+
     with open_input_text(path) as f:
         try:
-            return json.load(f)
+            return json.load(f, object_pairs_hook=pairs) if unique_keys else json.load(f)
         except json.JSONDecodeError as e:
             raise InputError(f'{path}: not valid JSON ({e})') from e
         except UnicodeDecodeError as e:
@@ -202,6 +213,25 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         except (RecursionError, ValueError) as e:
             # nesting too deep for the parser, or a number with thousands of digits
             raise InputError(f'{path}: not JSON this program reads ({str(e)[:100]})') from e
+
+
+def check_output_path(path: str | os.PathLike[str],
+                      inputs: Iterable[str | os.PathLike[str] | None]) -> None:
+    """Refuses an output path that is a folder, or that is one of the step's inputs
+    (writing it would destroy the input)."""
+    if str(path) == STDIO:
+        return
+    out = Path(path)
+    if out.is_dir():
+        raise InputError(f'{path}: is a folder; give the output a file name')
+    if not out.exists():
+        return
+    for given in inputs:
+        if given is None or str(given) == STDIO or not Path(given).exists():
+            continue
+        if os.path.samefile(out, given):
+            raise InputError(f'{path}: is also an input of this step ({given}); choose '
+                             'another output')
 
 
 FAILURE_LOG_VERSION = 1
@@ -290,7 +320,7 @@ IMAGE_EXTENSIONS = frozenset({'.jpg', '.jpeg', '.png', '.gif', '.bmp', '.tif', '
 
 def load_label_index(path: str | os.PathLike[str]) -> list[str]:
     """Reads ``{"0": "label_a", "1": "label_b", ...}`` into a list ordered by index."""
-    raw = read_json(path)
+    raw = read_json(path, unique_keys=True)
     if not isinstance(raw, dict) or not raw:
         raise InputError(f'{path}: expected a non-empty JSON object {{"0": "label", ...}}')
     try:
@@ -447,6 +477,18 @@ def _int_at_least(text: str, low: int, too_small: str) -> int:
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     return _int_at_least(text, 1, 'must be at least 1')
+
+
+MAX_IMAGE_SIZE = 2048
+
+
+def image_size(text: str) -> int:
+    """argparse type: a classifier input size in pixels, 8 to MAX_IMAGE_SIZE (a
+    larger one would only exhaust memory)."""
+    value = _int_at_least(text, 8, 'must be at least 8')
+    if value > MAX_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f'{value} is larger than {MAX_IMAGE_SIZE} pixels')
+    return value
 
 
 def nonneg_int(text: str) -> int:

@@ -55,7 +55,7 @@ from PIL import Image, ImageFile
 
 from classification import utils
 from classification.cropping import to_rgb
-from detection.detector_output import DEFAULT_DETECTION_CATEGORIES
+from detection.detector_output import DEFAULT_DETECTION_CATEGORIES, check_document
 
 logger = logging.getLogger(__name__)
 
@@ -532,10 +532,16 @@ def run(detector: str, files: Sequence[str], root: Path | None, image_size: int,
                            class_mapping)
 
 
-def read_checkpoint(path: str) -> dict[str, dict[str, Any]]:
-    """{file: image entry} of a checkpoint written by ``run``."""
+def read_checkpoint(path: str, categories: Mapping[str, str] | None = None
+                    ) -> dict[str, dict[str, Any]]:
+    """{file: image entry} of a checkpoint written by ``run``, checked as a
+    detections file is (a damaged or edited checkpoint would otherwise be copied
+    into the output); ``categories``: the detector's (--class_mapping_filename)."""
     saved = utils.require_mapping(utils.read_json(path), path)
-    return {e['file']: e for e in saved.get('images', []) if isinstance(e, dict) and 'file' in e}
+    doc = check_document({'images': saved.get('images'),
+                          'detection_categories': dict(categories or
+                                                       DEFAULT_DETECTION_CATEGORIES)}, path)
+    return {e['file']: e for e in doc['images']}
 
 
 def add_max_conf(doc: Mapping[str, Any]) -> None:

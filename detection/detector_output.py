@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import posixpath
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from classification.utils import (
     crop_filename,
     detector_version_from_name,
     read_json,
+    safe_join,
     write_json,
 )
 
@@ -71,10 +73,12 @@ def check_document(doc: Any, source: str) -> dict[str, Any]:
     for i, img in enumerate(images):
         if not isinstance(img, dict) or not isinstance(img.get('file'), str):
             raise InputError(f'{source}: images[{i}] has no "file" string')
-        if img['file'] in seen:
+        # the same photo however it is written ("a/./b.jpg", "a//b.jpg")
+        same = posixpath.normpath(img['file'].replace('\\', '/'))
+        if same in seen:
             raise InputError(f'{source}: images[{i}]: {img["file"]!r} is listed twice (its '
                              'crops would overwrite each other)')
-        seen.add(img['file'])
+        seen.add(same)
         dets = img.get('detections')
         if dets is None:
             continue
@@ -204,6 +208,42 @@ def merge_into_cache(cache_dir: str | os.PathLike[str], version: str, dataset: s
               'images': [images[k] for k in sorted(images)]}
     write_json(merged, cache_path(cache_dir, version, dataset))
     return n_new, len(images)
+
+
+def read_queried_images(path: str) -> dict[str, dict[str, Any]]:
+    """queried_images.json (json_validator's output), checked: each entry an
+    object with a "dataset" string that prefixes its key, a "location" string or
+    number, a "label" list of non-empty strings, and optional ground-truth
+    "bbox" boxes (objects with a "category" and four finite numbers); key
+    paths stay inside their dataset folder."""
+    doc = read_json(path)
+    if not isinstance(doc, dict):
+        raise InputError(f'{path}: expected a JSON object {{"dataset/path": {{...}}, ...}}')
+    for key, entry in doc.items():
+        where = f'{path}: {key!r}'
+        if not isinstance(entry, dict):
+            raise InputError(f'{where}: expected an object')
+        ds = entry.get('dataset')
+        if not isinstance(ds, str) or not ds or not key.startswith(f'{ds}/'):
+            raise InputError(f'{where}: needs a "dataset" string that prefixes its path')
+        safe_join(ds, key[len(ds) + 1:])
+        loc = entry.get('location')
+        if isinstance(loc, bool) or not isinstance(loc, (str, int)) or loc == '':
+            raise InputError(f'{where}: "location" must be a string or a number')
+        labels = entry.get('label')
+        if not isinstance(labels, list) or not labels or not all(
+                isinstance(v, str) and v for v in labels):
+            raise InputError(f'{where}: "label" must be a list of label names')
+        boxes = entry.get('bbox')
+        if boxes is None:
+            continue
+        if not isinstance(boxes, list) or not all(
+                isinstance(b, dict) and isinstance(b.get('category'), str)
+                and isinstance(b.get('bbox'), list) and len(b['bbox']) == 4
+                and all(_is_number(v) for v in b['bbox']) for b in boxes):
+            raise InputError(f'{where}: "bbox" must be a list of {{"category", "bbox": '
+                             '[x, y, width, height]} objects with finite numbers')
+    return doc
 
 
 def _box(b: Any) -> tuple[float, float, float, float]:

@@ -168,7 +168,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     files, root = list_images(args.image_file, args.recursive)
     if not files:
         raise utils.InputError(f'{args.image_file}: no images found')
-    files = sorted(files)
+    if len(set(files)) != len(files):
+        logger.warning('%d photos are listed more than once; each is detected once',
+                       len(files) - len(set(files)))
+    files = sorted(set(files))
+    if Path(args.output_file).suffix.lower() in utils.IMAGE_EXTENSIONS:
+        raise utils.InputError(f'{args.output_file}: the output would replace a photo; give '
+                               'it a .json name')
+    utils.check_output_path(args.output_file, [args.detector_file, args.image_file])
     dist = Dist.from_env(pick_device(args.device), timeout_minutes=24 * 60)
     engine = engines.resolve_engine(args.engine, dist.device)
     # auto: float32, whose detections match MegaDetector's (bf16's move boxes and
@@ -202,12 +209,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             and not args.allow_checkpoint_overwrite and checkpoint_path != resume:
         raise utils.InputError(f'{checkpoint_path}: checkpoint exists (use '
                                '--allow_checkpoint_overwrite or --resume_from_checkpoint)')
-    done: dict[str, dict[str, Any]] = read_checkpoint(resume) if resume else {}
+    mapping = read_class_mapping(args.class_mapping_filename) \
+        if args.class_mapping_filename else None
+    done: dict[str, dict[str, Any]] = read_checkpoint(resume, mapping) if resume else {}
     if args.ncores:
         torch.set_num_threads(args.ncores)
     threads = (args.ncores or 2) if args.use_image_queue else 0
-    mapping = read_class_mapping(args.class_mapping_filename) \
-        if args.class_mapping_filename else None
     try:
         doc = run(args.detector_file, mine.take(files), root, args.image_size, args.threshold,
                   dist.device, threads, checkpoint_path, args.checkpoint_frequency, done,

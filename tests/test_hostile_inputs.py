@@ -330,7 +330,7 @@ CASES = {
     'train: splits.json not JSON': (lambda c, t: train(c, t, dataset_copy(
         c, t, files={'splits.json': '{"train": [['})), 'not valid JSON'),
     'train: dataset CSV lacks the label column': (lambda c, t: train(c, t, dataset_copy(
-        c, t, lambda df: df.drop(columns=['label'], inplace=True))), "missing columns"),
+        c, t, lambda df: df.pop('label'))), 'missing columns'),
     'train: dataset CSV not UTF-8': (lambda c, t: train(c, t, dataset_copy(
         c, t, files={'classification_ds.csv': b'path,label\n\xff\n'})), 'not UTF-8 text'),
     'train: label index not JSON': (lambda c, t: train(c, t, dataset_copy(
@@ -453,7 +453,98 @@ CASES = {
         '-v', '5a'], '"conf" must be a number from 0 to 1'),
     'identify_mislabeled: not a run folder': (lambda c, t: [
         'classification.identify_mislabeled_candidates', str(t)], str(Path('/'))),
+    # --- found by an adversarial sweep
+    'run_classifier: output is the model file': (lambda c, t: [
+        R, (lambda m: (shutil.copy(c.model, m), str(m))[1])(t / 'm.pt'), str(c.crops),
+        str(t / 'm.pt'), '--num-workers', '0'], 'is also an input'),
+    'run_classifier: output is a folder': (lambda c, t: [
+        R, str(c.model), str(c.crops), str(Path(write(t, 'od/x', '')).parent)],
+        'is a folder'),
+    'run_classifier: a crops folder without crops': (lambda c, t: [
+        R, str(c.model), str(Path(write(t, 'empty/x.txt', '')).parent), str(t / 'o.csv')],
+        'no crops'),
+    'run_classifier: --image-size 100000': (lambda c, t: [
+        R, str(c.model), str(c.crops), str(t / 'o.csv'), '--image-size', '100000'],
+        '--image-size'),
+    'run_detector_batch: a poisoned checkpoint': (lambda c, t: [
+        DET, detector_file(t), str(c.photos), str(t / 'det.json'), '--recursive',
+        '--output_relative_filenames', '--resume_from_checkpoint', write(t, 'ck.json', {
+            'images': [{'file': 'cam_00/img_0000.jpg', 'detections': [
+                {'category': '9', 'conf': 0.5, 'bbox': [0, 0, 'a', 9]}]}]})],
+        '"bbox" must be'),
+    'run_detector_batch: output named like a photo': (lambda c, t: [
+        DET, detector_file(t), str(c.photos), str(t / 'x.jpg'), '--recursive'],
+        'would replace a photo'),
+    'create_dataset: a label that is a string': (lambda c, t: cds(c, t, queried=write(
+        t, 'q.json', queried(c, label='turkey'))), '"label" must be a list'),
+    'create_dataset: a location that is null': (lambda c, t: cds(c, t, queried=write(
+        t, 'q.json', queried(c, location=None))), '"location" must be'),
+    'create_dataset: a ground-truth box of strings': (lambda c, t: cds(c, t, queried=write(
+        t, 'q.json', queried(c, bbox=[{'category': 'animal', 'bbox': [0, 0, 'x', 1]}]))),
+        '"bbox" must be a list'),
+    'create_dataset: --seed -1': (lambda c, t: cds(c, t, '--seed', '-1'), '--seed'),
+    'merge: fewer label names than probability columns': (lambda c, t: merge(
+        c, t, classifier_csv('cam_00/img_0000.jpg___crop00_mdv5a.jpg,0.5,0.3,0.2\n',
+                             'path,deer,fox,turkey')), 'do not match the label index'),
+    'merge: crops of another detector version': (lambda c, t: merge(c, t, classifier_csv(
+        'cam_00/img_0000.jpg___crop00_mdv4.1.jpg,0.5,0.5\n')), 'cannot be merged'),
+    'aggregate: -o and -i the same file': (lambda c, t: [
+        *aggregate(t, classifier_csv('a.jpg,0.5,0.5\n'))[:-4], '-o', str(t / 'x'), '-i',
+        str(t / 'x')], 'given both'),
+    'aggregate: a target named path': (lambda c, t: [
+        A, write(t, 'c.csv', classifier_csv('a.jpg,0.5,0.5\n')), '-t',
+        write(t, 'm.json', {'path': ['deer', 'fox']}), '-o', str(t / 'agg.csv'), '-i',
+        str(t / 'i.json')], 'cannot name a target'),
+    'aggregate: probabilities summing above 1': (lambda c, t: aggregate(t, classifier_csv(
+        'a.jpg,0.9,0.9\n')), 'sum to 1.8'),
+    'aggregate: output is the input': (lambda c, t: [
+        A, write(t, 'c.csv', classifier_csv('a.jpg,0.5,0.5\n')), '-t',
+        write(t, 'm.json', {'x': ['deer', 'fox']}), '-o', str(t / 'c.csv'), '-i',
+        str(t / 'i.json')], 'is also an input'),
+    'csv_to_json: output is the input': (lambda c, t: [
+        'classification.csv_to_json', write(t, 's.csv', 'deer,family,cervidae\n'),
+        str(t / 's.csv')], 'is also an input'),
+    'map_classification_categories: output is a label spec': (lambda c, t: [
+        'classification.map_classification_categories', write(t, 'd.json', SPEC),
+        write(t, 'c.json', SPEC), str(c.project / 'taxonomy.csv'), '-o', str(t / 'd.json')],
+        'is also an input'),
+    'train: splits naming a location without crops': (lambda c, t: train(c, t, dataset_copy(
+        c, t, files={'splits.json': (lambda s: {**s, 'train': s['train'] + [['x', 'y']]})(
+            json.loads((c.base / 'splits.json').read_text()))})), 'has no crops'),
+    'train: a crop listed twice in the dataset': (lambda c, t: train(c, t, dataset_copy(
+        c, t, files={'classification_ds.csv': (lambda text: text + text.splitlines()[1]
+                                               + '\n')((c.base / 'classification_ds.csv')
+                                                       .read_text())})), 'is listed twice'),
+    'train: resume with a truncated last checkpoint': (lambda c, t: [
+        'classification.train_classifier', str(c.base), str(c.crops), '--resume',
+        run_copy(c, t, lambda run: (run / 'ckpt_last.pt').write_bytes(
+            (c.run / 'ckpt_last.pt').read_bytes()[:5000]))], 'ckpt_last.pt'),
+    'train: resume after the dataset rows were relabelled': (lambda c, t: [
+        'classification.train_classifier', dataset_copy(c, t, swap_two_labels), str(c.crops),
+        '--resume', run_copy(c, t), '--add-epochs', '1'], 'changed since the run started'),
 }
+
+
+def queried(c: Ctx, **changes) -> dict:
+    doc = json.loads((c.base / 'queried_images.json').read_text())
+    first = next(iter(doc))
+    doc[first] = {**doc[first], **changes}
+    return doc
+
+
+def run_copy(c: Ctx, t: Path, edit=None) -> str:
+    out = t / 'run'
+    shutil.copytree(c.run, out)
+    if edit is not None:
+        edit(out)
+    return str(out)
+
+
+def swap_two_labels(df: pd.DataFrame) -> None:
+    """Two crops of different labels exchange labels: the same label set, other data."""
+    a = df.index[df['label'] == df['label'].iloc[0]][0]
+    b = df.index[df['label'] != df['label'].iloc[0]][0]
+    df.loc[a, 'label'], df.loc[b, 'label'] = df.loc[b, 'label'], df.loc[a, 'label']
 
 
 def detector_file(t: Path) -> str:

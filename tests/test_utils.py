@@ -123,3 +123,42 @@ def test_run_cli_turns_input_errors_into_exit_2(capsys):
 def test_redact_url():
     assert utils.redact_url('https://a.blob.core.windows.net/c?sv=1&sig=SECRET') == \
         'https://a.blob.core.windows.net/c?<redacted>'
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_old_output(tmp_path, monkeypatch, capsys):
+    """ENOSPC while an output is written: exit 2, one line, the old file as it was,
+    no temporary file left."""
+    import errno
+    out = tmp_path / 'out.json'
+    out.write_text('{"old": 1}')
+    real_replace = utils.os.replace
+
+    def full(src, dst):
+        if str(dst) == str(out):    # the temporary file is written; its rename fails
+            raise OSError(errno.ENOSPC, 'No space left on device', str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(utils.os, 'replace', full)
+
+    def main() -> int:
+        utils.write_json({'new': 2}, out)
+        return 0
+
+    assert utils.run_cli(main) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: ') and 'disk is full' in err[0]
+    assert out.read_text() == '{"old": 1}'
+    assert [p.name for p in tmp_path.iterdir()] == ['out.json']
+
+
+def test_outputs_get_the_mode_of_the_umask(tmp_path):
+    import os
+    old = os.umask(0o022)
+    try:
+        utils.write_json({}, tmp_path / 'a.json')
+        os.umask(0o077)
+        utils.write_csv(pd.DataFrame({'x': [1]}), tmp_path / 'b.csv.gz')
+    finally:
+        os.umask(old)
+    assert (tmp_path / 'a.json').stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / 'b.csv.gz').stat().st_mode & 0o777 == 0o600

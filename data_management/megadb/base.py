@@ -67,8 +67,10 @@ def is_cosmos_uri(uri: str) -> bool:
 
 def open_megadb(uri: str, cosmos_key: str | None = None, must_exist: bool = False) -> MegaDB:
     """Opens a database: a file path (SQLite, created if missing unless
-    ``must_exist``), or Azure Cosmos DB (``cosmos`` or an ``https://`` endpoint, key
-    from ``cosmos_key`` or COSMOS_KEY; see cosmos_db.from_uri)."""
+    ``must_exist``, which also opens it read-only; an existing file that is not a
+    MegaDB is refused and left as it is), or Azure Cosmos DB (``cosmos`` or an
+    ``https://`` endpoint, key from ``cosmos_key`` or COSMOS_KEY; see
+    cosmos_db.from_uri)."""
     if not uri:
         raise InputError('no MegaDB given (use --megadb PATH)')
     if is_cosmos_uri(uri):
@@ -78,4 +80,4 @@ def open_megadb(uri: str, cosmos_key: str | None = None, must_exist: bool = Fals
         raise InputError(f'--megadb {uri}: no such database file (build one with '
                          'python -m data_management.megadb.import_dataset)')
     from data_management.megadb.sqlite_db import SQLiteMegaDB
-    return SQLiteMegaDB(uri)
+    return SQLiteMegaDB(uri, must_exist=must_exist)

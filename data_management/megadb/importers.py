@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from classification.utils import InputError
-from data_management.megadb.schema import check_sequence_doc
+from data_management.megadb.schema import check_image_file, check_sequence_doc
 
 # COCO category names (lower-cased) whose boxes are people or vehicles, as LILA
 # datasets name them; every other category's boxes are 'animal' boxes.
@@ -32,6 +32,30 @@ def _box_category(name: str) -> str:
 
 def _is_id(value: Any) -> bool:
     return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _check_image(img: Mapping[str, Any], where: str) -> None:
+    """The fields of a COCO image record: refused when of the wrong kind (rather than
+    stored as the text of a list, or a size that no box fits)."""
+    check_image_file(img['file_name'], where, 'file_name')
+    where = f'{where} ({img["file_name"]})'
+    for key in ('location', 'seq_id'):
+        value = img.get(key)
+        if value is not None and (not _is_id(value) or value == ''):
+            raise InputError(f'{where}: "{key}" must be a non-empty string or an integer, '
+                             f'not {value!r}')
+    for key in ('width', 'height'):
+        value = img.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                  or not math.isfinite(value) or value <= 0):
+            raise InputError(f'{where}: "{key}" must be a number of pixels above 0, '
+                             f'not {value!r}')
+    frame = img.get('frame_num')
+    if frame is not None and (not isinstance(frame, int) or isinstance(frame, bool)):
+        raise InputError(f'{where}: "frame_num" must be an integer, not {frame!r}')
+    dt = img.get('datetime')
+    if dt is not None and not isinstance(dt, str):
+        raise InputError(f'{where}: "datetime" must be a string, not {dt!r}')
 
 
 def coco_to_sequences(coco: Any, dataset: str, source: str) -> list[dict[str, Any]]:
@@ -63,6 +87,7 @@ def coco_to_sequences(coco: Any, dataset: str, source: str) -> list[dict[str, An
                              '"file_name"')
         if img['id'] in images:
             raise InputError(f'{source}: images[{i}]: duplicate image id {img["id"]!r}')
+        _check_image(img, f'{source}: images[{i}]')
         if img['file_name'] in files:
             raise InputError(f'{source}: images[{i}]: file {img["file_name"]!r} is listed '
                              'twice')
@@ -70,9 +95,19 @@ def coco_to_sequences(coco: Any, dataset: str, source: str) -> list[dict[str, An
         images[img['id']] = img
     classes: dict[Any, set[str]] = defaultdict(set)
     boxes: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    ann_ids: set[Any] = set()
     for i, ann in enumerate(coco['annotations']):
         if not isinstance(ann, Mapping):
             raise InputError(f'{source}: annotations[{i}]: expected an object')
+        ann_id = ann.get('id')
+        if ann_id is not None:
+            if not _is_id(ann_id):
+                raise InputError(f'{source}: annotations[{i}]: "id" must be a number or a '
+                                 f'string, not {ann_id!r}')
+            if ann_id in ann_ids:
+                raise InputError(f'{source}: annotations[{i}]: duplicate annotation id '
+                                 f'{ann_id!r}')
+            ann_ids.add(ann_id)
         img = images.get(ann.get('image_id')) if _is_id(ann.get('image_id')) else None
         if img is None:
             raise InputError(f'{source}: annotations[{i}]: unknown image_id {ann.get("image_id")!r}')
@@ -110,15 +145,19 @@ def coco_to_sequences(coco: Any, dataset: str, source: str) -> list[dict[str, An
     for img_id, img in images.items():
         if img_id not in classes:
             continue
-        seq_id = str(img.get('seq_id', img_id))
+        seq_id = str(img_id if img.get('seq_id') is None else img['seq_id'])
         seq = seqs.setdefault(seq_id, {'dataset': dataset, 'seq_id': seq_id, 'images': []})
         if img.get('location') is not None:
-            seq['location'] = str(img['location'])
+            location = str(img['location'])
+            if seq.setdefault('location', location) != location:
+                raise InputError(f'{source}: image {img["file_name"]!r}: location '
+                                 f'{location!r} differs from {seq["location"]!r} of another '
+                                 f'image of its sequence {seq_id!r}')
         entry: dict[str, Any] = {'file': img['file_name'], 'class': sorted(classes[img_id])}
-        if isinstance(img.get('frame_num'), int):
+        if img.get('frame_num') is not None:
             entry['frame_num'] = img['frame_num']
         if img.get('datetime') is not None:
-            entry['datetime'] = str(img['datetime'])
+            entry['datetime'] = img['datetime']
         if boxes.get(img_id):
             entry['bbox'] = boxes[img_id]
         seq['images'].append(entry)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from classification.utils import InputError
+from classification.utils import InputError, safe_join
 
 DATASET_FIELDS = ('dataset_name', 'storage_account', 'container', 'container_sas_key',
                   'path_prefix', 'images_root')
@@ -44,6 +44,19 @@ def check_dataset_doc(doc: Any, where: str) -> dict[str, Any]:
             raise InputError(f'{where} ({name}): "{field}" must be a string')
         out[field] = value
     return out
+
+
+def check_image_file(file: Any, where: str, field: str = 'file') -> str:
+    """An image path relative to the dataset root: a non-empty string, not absolute,
+    without a ".." folder or a control character (NUL, newline, ...)."""
+    if not isinstance(file, str) or not file:
+        raise InputError(f'{where}: "{field}" must be a relative path inside the dataset')
+    try:
+        safe_join('<dataset root>', file)
+    except InputError as e:
+        raise InputError(f'{where}: "{field}" must be a relative path inside the dataset: '
+                         f'{e}') from e
+    return file
 
 
 def _check_classes(value: Any, where: str) -> list[str]:
@@ -89,8 +102,9 @@ def check_sequence_doc(doc: Any, where: str) -> dict[str, Any]:
     out: dict[str, Any] = {'dataset': dataset, 'seq_id': str(seq_id)}
     location = doc.get('location')
     if location is not None:
-        if not isinstance(location, (str, int)) or isinstance(location, bool):
-            raise InputError(f'{where}: "location" must be a string')
+        if not isinstance(location, (str, int)) or isinstance(location, bool) or location == '':
+            raise InputError(f'{where}: "location" must be a non-empty string, not '
+                             f'{location!r}')
         out['location'] = str(location)
     if 'class' in doc:
         out['class'] = _check_classes(doc['class'], where)
@@ -98,20 +112,24 @@ def check_sequence_doc(doc: Any, where: str) -> dict[str, Any]:
     if not isinstance(images, list) or not images:
         raise InputError(f'{where}: "images" must be a non-empty list')
     out_images = []
+    files: set[str] = set()
     for i, img in enumerate(images):
         iwhere = f'{where} images[{i}]'
         if not isinstance(img, Mapping):
             raise InputError(f'{iwhere}: expected an object')
-        file = img.get('file')
-        if not isinstance(file, str) or not file or file.startswith('/') or '..' in file.split('/'):
-            raise InputError(f'{iwhere}: "file" must be a relative path inside the dataset')
+        file = check_image_file(img.get('file'), iwhere)
+        if file in files:
+            raise InputError(f'{iwhere}: file {file!r} is listed twice')
+        files.add(file)
         o: dict[str, Any] = {'file': file}
         if 'frame_num' in img and img['frame_num'] is not None:
             if not isinstance(img['frame_num'], int) or isinstance(img['frame_num'], bool):
                 raise InputError(f'{iwhere}: "frame_num" must be an integer')
             o['frame_num'] = img['frame_num']
         if img.get('datetime') is not None:
-            o['datetime'] = str(img['datetime'])
+            if not isinstance(img['datetime'], str):
+                raise InputError(f'{iwhere}: "datetime" must be a string')
+            o['datetime'] = img['datetime']
         if 'class' in img:
             o['class'] = _check_classes(img['class'], iwhere)
         if 'bbox' in img:

@@ -1,6 +1,7 @@
 """MegaDB in one embedded SQLite file: the default, with no server to run."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator
@@ -32,26 +33,115 @@ CREATE TABLE IF NOT EXISTS sequence_classes (
 );
 """
 
+# the columns of each table, as _SCHEMA creates them
+_TABLES = {
+    'datasets': ('dataset_name', 'doc'),
+    'sequences': ('dataset', 'seq_id', 'location', 'doc'),
+    'sequence_classes': ('dataset', 'seq_id', 'class', 'n_images'),
+}
+
+
+def _check_schema(conn: sqlite3.Connection, path: str) -> None:
+    """Refuses a database that lacks our tables or columns (reading only)."""
+    tables = {name for (name,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        raise InputError(f'{path}: not an SQLite MegaDB file (an empty database or empty '
+                         'file; give a new path to create one, or the MegaDB built by '
+                         'python -m data_management.megadb.import_dataset)')
+    for table, columns in _TABLES.items():
+        if table not in tables:
+            raise InputError(f'{path}: not an SQLite MegaDB file (no table {table!r}; it '
+                             f'has {", ".join(sorted(tables))})')
+        have = {row[1] for row in conn.execute(f'PRAGMA table_info({table})')}
+        missing = [c for c in columns if c not in have]
+        if missing:
+            raise InputError(f'{path}: not an SQLite MegaDB file (table {table!r} lacks '
+                             f'column(s) {", ".join(missing)})')
+
 
 class SQLiteMegaDB(MegaDB):
-    """Sequences are stored as JSON documents, with a (dataset, class) index table."""
+    """Sequences are stored as JSON documents, with a (dataset, class) index table.
 
-    def __init__(self, path: str | Path) -> None:
+    A path that does not exist becomes a new database (unless ``must_exist``); an
+    existing file must already be a MegaDB (the three tables with their columns), and
+    is never changed when it is not: an empty file, another SQLite database or any
+    other file is refused. With ``must_exist`` the file is opened read-only.
+
+    Used as a context manager, the whole block is one transaction: a block that
+    raises leaves the file as it was (and removes it when this block created it)."""
+
+    def __init__(self, path: str | Path, must_exist: bool = False) -> None:
         self.path = Path(path)
-        if self.path.exists() and self.path.is_dir():
+        self._created = False
+        if self.path.is_dir():
             raise InputError(f'{path}: is a folder, expected an SQLite MegaDB file')
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        exists = self.path.exists()
+        if must_exist and not exists:
+            raise InputError(f'{path}: no such database file (build one with '
+                             'python -m data_management.megadb.import_dataset)')
         try:
-            self.conn = sqlite3.connect(self.path)
-            self.conn.executescript(_SCHEMA)
+            if exists:
+                if must_exist:   # readers never write, not even a journal
+                    uri = self.path.resolve().as_uri() + '?mode=ro'
+                    self.conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+                else:
+                    self.conn = sqlite3.connect(self.path, isolation_level=None)
+                try:
+                    _check_schema(self.conn, str(path))
+                except BaseException:
+                    self.conn.close()
+                    raise
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.conn = sqlite3.connect(self.path, isolation_level=None)
+                self._created = True
+                self.conn.executescript('BEGIN;' + _SCHEMA + 'COMMIT;')
+        except sqlite3.OperationalError as e:   # locked, no permission, ...
+            raise InputError(f'{path}: cannot open the database ({e})') from e
         except sqlite3.DatabaseError as e:
             raise InputError(f'{path}: not an SQLite MegaDB file ({e})') from e
+        except OSError as e:
+            raise InputError(f'{path}: cannot open the database ({e.strerror or e})') from e
+
+    def __enter__(self) -> SQLiteMegaDB:
+        self.conn.execute('BEGIN')
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        failed = exc[0] is not None
+        try:
+            if self.conn.in_transaction:
+                try:
+                    self.conn.execute('ROLLBACK' if failed else 'COMMIT')
+                except sqlite3.OperationalError as e:
+                    raise InputError(f'{self.path}: cannot write the database ({e})') from e
+        finally:
+            self.close()
+            if failed and self._created:     # leave no half-made database behind
+                for p in (self.path, self.path.with_name(self.path.name + '-journal')):
+                    p.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _atomic(self) -> Iterator[None]:
+        """One write: all of it or none of it, inside the block's transaction if any."""
+        try:
+            self.conn.execute('SAVEPOINT megadb_write')
+            try:
+                yield
+            except BaseException:
+                self.conn.execute('ROLLBACK TO megadb_write')
+                self.conn.execute('RELEASE megadb_write')
+                raise
+            self.conn.execute('RELEASE megadb_write')
+        except sqlite3.OperationalError as e:   # read-only file, full disk, locked
+            raise InputError(f'{self.path}: cannot write the database ({e})') from e
 
     def close(self) -> None:
         self.conn.close()
 
     def upsert_dataset(self, doc: dict[str, Any]) -> None:
-        with self.conn:
+        with self._atomic():
             self.conn.execute('INSERT OR REPLACE INTO datasets VALUES (?, ?)',
                               (doc['dataset_name'], json.dumps(doc)))
 
@@ -60,29 +150,33 @@ class SQLiteMegaDB(MegaDB):
         return {name: json.loads(doc) for name, doc in rows}
 
     def replace_sequences(self, dataset: str, docs: Iterable[dict[str, Any]]) -> int:
-        n = 0
-        with self.conn:  # one transaction: a failed import leaves the old rows
+        seq_rows: list[tuple[Any, ...]] = []
+        class_rows: list[tuple[Any, ...]] = []
+        file_seq: dict[str, str] = {}
+        for doc in docs:     # every check before the first write
+            if doc['dataset'] != dataset:
+                raise InputError(f'sequence {doc["seq_id"]}: dataset {doc["dataset"]!r} '
+                                 f'is not {dataset!r}')
+            for img in doc['images']:
+                other = file_seq.setdefault(img['file'], doc['seq_id'])
+                if other != doc['seq_id']:
+                    raise InputError(f'dataset {dataset}: file {img["file"]!r} is in '
+                                     f'sequences {other!r} and {doc["seq_id"]!r}')
+            seq_rows.append((dataset, doc['seq_id'], doc.get('location'), json.dumps(doc)))
+            counts: dict[str, int] = {}
+            for img in doc['images']:
+                for c in set(image_classes(doc, img)):
+                    counts[c] = counts.get(c, 0) + 1
+            class_rows.extend((dataset, doc['seq_id'], c, k) for c, k in counts.items())
+        with self._atomic():  # one transaction: a failed import leaves the old rows
             self.conn.execute('DELETE FROM sequences WHERE dataset = ?', (dataset,))
             self.conn.execute('DELETE FROM sequence_classes WHERE dataset = ?', (dataset,))
-            seq_rows: list[tuple[Any, ...]] = []
-            class_rows: list[tuple[Any, ...]] = []
-            for doc in docs:
-                if doc['dataset'] != dataset:
-                    raise InputError(f'sequence {doc["seq_id"]}: dataset {doc["dataset"]!r} '
-                                     f'is not {dataset!r}')
-                seq_rows.append((dataset, doc['seq_id'], doc.get('location'), json.dumps(doc)))
-                counts: dict[str, int] = {}
-                for img in doc['images']:
-                    for c in set(image_classes(doc, img)):
-                        counts[c] = counts.get(c, 0) + 1
-                class_rows.extend((dataset, doc['seq_id'], c, k) for c, k in counts.items())
-                n += 1
             try:
                 self.conn.executemany('INSERT INTO sequences VALUES (?, ?, ?, ?)', seq_rows)
             except sqlite3.IntegrityError as e:
                 raise InputError(f'dataset {dataset}: duplicate seq_id ({e})') from e
             self.conn.executemany('INSERT INTO sequence_classes VALUES (?, ?, ?, ?)', class_rows)
-        return n
+        return len(seq_rows)
 
     def query_sequences(self, dataset: str, classes: Collection[str] | None = None
                         ) -> Iterator[dict[str, Any]]:
