@@ -26,6 +26,27 @@ def run_module(module: str, *args: str, stdin: str | None = None, check: bool = 
     return proc
 
 
+def write(t: Path, name: str, content: str | bytes | object) -> str:
+    """Writes a test input under ``t`` (bytes, text, or anything else as JSON)."""
+    path = t / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, str):
+        path.write_text(content)
+    else:
+        path.write_text(json.dumps(content))
+    return str(path)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under ``root`` with the SHA-256 of its bytes (to assert that a
+    refused run changed nothing)."""
+    import hashlib
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob('*')) if p.is_file() or p.is_symlink()}
+
+
 @pytest.fixture(scope='session')
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small demo project: 8 locations, 640x480 photos."""

@@ -7,7 +7,6 @@ asserts exit 0, the bad item logged (failure log or stderr) and the rest done.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -23,7 +22,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import REPO, snapshot, write
 
 READ_ONLY = '/sys/ct-test-out'          # not writable, even for root
 
@@ -55,17 +54,6 @@ def ctx(project, base_logdir, trained_run, model_files, megadb) -> Ctx:
 
 
 # ------------------------------------------------------------------ helpers
-
-def write(t: Path, name: str, content: str | bytes | object) -> str:
-    path = t / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    elif isinstance(content, str):
-        path.write_text(content)
-    else:
-        path.write_text(json.dumps(content))
-    return str(path)
 
 
 def dets_doc(c: Ctx) -> dict:
@@ -124,10 +112,6 @@ def coco(c: Ctx, edit) -> dict:
 def classifier_csv(rows: str, header: str = 'path,deer,fox') -> str:
     return f'{header}\n{rows}'
 
-
-def snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob('*')) if p.is_file() or p.is_symlink()}
 
 
 def run(args: list[str], cwd: Path | None = None, env: dict | None = None,

@@ -9,7 +9,6 @@ case's folder changed (every file keeps its bytes; no file appears).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import re
 import sqlite3
@@ -17,27 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_module
+from tests.conftest import run_module, snapshot, write
 
 SPEC = {'deer': {'taxa': [{'level': 'family', 'name': 'cervidae'}]},
         'fox': {'taxa': [{'level': 'genus', 'name': 'vulpes'}]}}
 
 
-def snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob('*')) if p.is_file()}
-
-
-def write(t: Path, name: str, content: str | bytes | object) -> str:
-    path = t / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    elif isinstance(content, str):
-        path.write_text(content)
-    else:
-        path.write_text(json.dumps(content))
-    return str(path)
 
 
 def refused(t: Path, module: str, args: list[str], fragment: str) -> str:
