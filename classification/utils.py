@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import errno
 import gzip
 import io
@@ -24,7 +25,7 @@ import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import pandas as pd
 
@@ -522,10 +523,29 @@ def nonneg_float(text: str) -> float:
     return v
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, which also suggests the closest flag for a mistyped one."""
+
+    def error(self, message: str) -> NoReturn:
+        prefix = 'unrecognized arguments: '
+        if message.startswith(prefix):
+            known = [s for a in self._actions for s in a.option_strings]
+            hints = []
+            for token in message[len(prefix):].split():
+                if token.startswith('-'):
+                    close = difflib.get_close_matches(token.split('=')[0], known, n=1,
+                                                      cutoff=0.6)
+                    if close:
+                        hints.append(f'{token}: did you mean {close[0]}?')
+            if hints:
+                message += ' (' + '; '.join(hints) + ')'
+        super().error(message)
+
+
 def make_parser(doc: str | None) -> argparse.ArgumentParser:
-    """An ArgumentParser whose --help shows the module docstring as written."""
-    return argparse.ArgumentParser(
-        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """An ArgumentParser whose --help shows the module docstring as written, and
+    whose error for a mistyped flag names the closest one."""
+    return _Parser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def require_mapping(obj: Any, what: str) -> Mapping[str, Any]:

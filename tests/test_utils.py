@@ -162,3 +162,14 @@ def test_outputs_get_the_mode_of_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / 'a.json').stat().st_mode & 0o777 == 0o644
     assert (tmp_path / 'b.csv.gz').stat().st_mode & 0o777 == 0o600
+
+
+def test_a_mistyped_flag_gets_the_closest_one(capsys):
+    parser = utils.make_parser('doc')
+    parser.add_argument('--batch-size', type=int)
+    parser.add_argument('--threshold', type=float)
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(['--treshold', '0.5', '--batchsize', '3'])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert 'did you mean --threshold?' in err and 'did you mean --batch-size?' in err
