@@ -88,8 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if reserved:
         raise utils.InputError(f'{args.target_mapping}: {reserved[0]!r} cannot name a target '
                                '(it is a column of its own in classifier outputs)')
-    if args.output_csv != '-' and args.output_csv == args.output_label_index:
-        raise utils.InputError(f'{args.output_csv}: given both as -o and as -i')
+    if args.output_csv == args.output_label_index:
+        raise utils.InputError(f'{args.output_csv}: given both as -o and as -i (two outputs '
+                               'cannot share one file or stdout)')
     for out in (args.output_csv, args.output_label_index):
         utils.check_output_path(out, [*args.classifier_results_csv, args.target_mapping])
     targets = [t for t, members in mapping.items() if members]

@@ -61,6 +61,22 @@ class PartFile:
     def __init__(self, path: Path, run: str, columns: Sequence[str]) -> None:
         self.path, self.run, self.columns = path, run, list(columns)
         self._f: IO[str] | None = None
+        self._lock: int | None = None
+
+    def lock(self) -> None:
+        """Takes ``<part>.lock`` for this process (until ``close``): a second run
+        writing the same output at the same time is refused, not interleaved."""
+        import fcntl
+        lock_path = Path(f'{self.path}.lock')
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            os.close(fd)
+            raise utils.InputError(f'{self.path}: another run is writing this output now; '
+                                   'wait for it to end, or give another output') from e
+        self._lock = fd
 
     def done(self, expected: Collection[str] | None = None) -> set[str]:
         """Crops already in the part file (read or unreadable); cuts a row left
@@ -129,6 +145,10 @@ class PartFile:
         if self._f is not None:
             self._f.close()
             self._f = None
+        if self._lock is not None:
+            Path(f'{self.path}.lock').unlink(missing_ok=True)
+            os.close(self._lock)
+            self._lock = None
 
     def rows(self) -> Iterator[tuple[str, bool]]:
         """(CSV line, whether its crop was read) for every row, in the order written."""

@@ -43,7 +43,11 @@ class Dist:
         """Joins the process group when started by torchrun; ``device`` is the
         device asked for (a CUDA device becomes this process's LOCAL_RANK GPU);
         collective calls wait at most ``timeout_minutes`` for the other ranks."""
-        world = int(os.environ.get('WORLD_SIZE', '1'))
+        try:
+            world = int(os.environ.get('WORLD_SIZE', '1'))
+        except ValueError as e:
+            raise utils.InputError(f'WORLD_SIZE {os.environ["WORLD_SIZE"]!r} is not a number '
+                                   '(torchrun sets it)') from e
         if world <= 1:
             return Dist(device=device)
         try:
@@ -51,6 +55,12 @@ class Dist:
         except (KeyError, ValueError) as e:
             raise utils.InputError('WORLD_SIZE is set but RANK/LOCAL_RANK are not: start '
                                    'several processes with torchrun') from e
+        if not 0 <= rank < world or local < 0:
+            raise utils.InputError(f'RANK {rank} / LOCAL_RANK {local} do not fit WORLD_SIZE '
+                                   f'{world}: start the processes with torchrun')
+        if not os.environ.get('MASTER_ADDR') or not os.environ.get('MASTER_PORT'):
+            raise utils.InputError('WORLD_SIZE is set but MASTER_ADDR/MASTER_PORT are not: '
+                                   'start several processes with torchrun')
         if device.type == 'cuda':
             if local >= torch.cuda.device_count():
                 raise utils.InputError(f'LOCAL_RANK {local} but only '

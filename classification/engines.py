@@ -170,9 +170,16 @@ def onnx_path(model_path: str | os.PathLike[str], model: torch.nn.Module | torch
     stale = props is not None and _SOURCE_KEY in props and _source(props) is None
     target = beside if os.access(src.parent, os.W_OK) and (not beside.exists() or stale) \
         else cached
-    target.parent.mkdir(parents=True, exist_ok=True)
     logger.info('exporting the model to ONNX (once): %s', target)
-    return export_onnx(model, example, target, sha, dynamic)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return export_onnx(model, example, target, sha, dynamic)
+    except OSError as e:
+        if not utils.is_output_error(e):
+            raise
+        raise utils.InputError(f'cannot write the ONNX export of {model_path} to {target} '
+                               f'({utils.os_error_message(e)}): make that folder or '
+                               'XDG_CACHE_HOME writable, or use --engine torch') from e
 
 
 Runner = Callable[[torch.Tensor], torch.Tensor]

@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from classification import crop_data, inference, metrics, model_files, models, utils
@@ -77,12 +78,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+_LIMITS = {'image_size': (8, utils.MAX_IMAGE_SIZE), 'batch_size': (1, None),
+           'num_workers': (0, None)}
+
+
 def _setting(given: Any, params: dict[str, Any], key: str, default: Any = None) -> Any:
-    """The command line's value when given (zero included), else params.json's."""
+    """The command line's value when given (zero included), else params.json's
+    (checked: a whole number in range for the sizes and counts)."""
     if given is not None:
         return given
     value = params.get(key)
-    return default if value is None else value
+    if value is None:
+        return default
+    if key in _LIMITS:
+        low, high = _LIMITS[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (
+                high is not None and value > high):
+            raise utils.InputError(f'params.json: {key} {value!r} is not a whole number '
+                                   f'from {low}' + (f' to {high}' if high else ''))
+    return value
 
 
 def check_against_run(run_dir: Path, model_labels: Sequence[str], dataset_dir: str,
@@ -127,7 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_against_run(run_dir, model_labels, dataset_dir, args.label_index)
     dist = Dist.from_env(models.pick_device(args.device))
     device = dist.device
-    multilabel = bool(params.get('multilabel', False))
+    multilabel = params.get('multilabel', False)
+    if not isinstance(multilabel, bool):
+        raise utils.InputError(f'params.json: multilabel {multilabel!r} is not true or false')
     image_size = _setting(args.image_size, params, 'image_size',
                           models.default_image_size(model_name))
 
@@ -155,9 +171,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        f'{len(model_labels)} labels ({str(e)[:200]})') from e
             info = model_files.ClassifierInfo(model_name, image_size, tuple(model_labels),
                                               multilabel)
+            compiled = model_files.compiled_path(args.ckpt_path)
+            if compiled.is_file():
+                _, old_info, _ = model_files.load_classifier(compiled, torch.device('cpu'))
+                if old_info is not None and old_info != info:
+                    raise utils.InputError(
+                        f'{compiled}: exists with other settings ({old_info.model_name}, '
+                        f'{old_info.image_size} px, multilabel {old_info.multilabel}, '
+                        f'{len(old_info.labels)} labels) than these ({info.model_name}, '
+                        f'{info.image_size} px, multilabel {info.multilabel}, '
+                        f'{len(info.labels)} labels): check params.json, or evaluate the '
+                        'TorchScript file itself')
             if dist.is_main:
-                out = model_files.export_torchscript(
-                    model, info, model_files.compiled_path(args.ckpt_path))
+                out = model_files.export_torchscript(model, info, compiled)
                 logger.info('TorchScript model: %s', out)
             model = model.to(device)
         splits = list(crop_data.SPLITS) if args.splits is None else args.splits

@@ -92,6 +92,10 @@ def target_matrix(target_mapping: Mapping[str, Sequence[str]], model_labels: Seq
     model's label index, is refused.
     """
     targets = list(labels) + [t for t in target_mapping if t not in set(labels)]
+    reserved = [t for t in targets if t in ('path', 'label', 'weight')]
+    if reserved:
+        raise utils.InputError(f'{source}: {reserved[0]!r} cannot name a target (it is a '
+                               'column of its own in the outputs)')
     col = {name: j for j, name in enumerate(targets)}
     row = {name: i for i, name in enumerate(model_labels)}
     mat = np.zeros((len(model_labels), len(targets)), dtype=np.float64)

@@ -341,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     part = PartFile(classifier_output.part_path(out_base, mine if dist.enabled else None),
                     f'{run}/{mine.k}of{mine.n}', categories)
     try:
+        part.lock()
         share = crops.take(mine)
         done = part.done(set(share.names))
         todo = share.without(done)

@@ -380,14 +380,15 @@ def check_detector_version(version: str) -> str:
 
 
 def crop_filename(image_file: str, crop_index: int, detector_version: str | None) -> str:
-    """``<image>___cropNN_mdvX.Y.jpg``; ground-truth crops omit the ``_mdv`` part."""
-    if not 0 <= crop_index <= 99:
-        raise InputError(f'{image_file}: box index {crop_index} is outside 0..99')
+    """``<image>___cropNN_mdvX.Y.jpg`` (NN: two digits or more, as MegaDetector's
+    own crop names); ground-truth crops omit the ``_mdv`` part."""
+    if crop_index < 0:
+        raise InputError(f'{image_file}: box index {crop_index} is negative')
     suffix = f'_mdv{detector_version}' if detector_version else ''
     return f'{image_file}___crop{crop_index:02d}{suffix}.jpg'
 
 
-CROP_NAME_RE = re.compile(r'^(?P<image>.+)___crop(?P<idx>\d{2})(?:_mdv(?P<ver>[^/]+))?\.jpg$')
+CROP_NAME_RE = re.compile(r'^(?P<image>.+)___crop(?P<idx>\d{2,})(?:_mdv(?P<ver>[^/]+))?\.jpg$')
 
 
 def parse_crop_filename(crop: str) -> tuple[str, int, str | None]:

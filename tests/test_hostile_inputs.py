@@ -506,6 +506,27 @@ CASES = {
     'train: resume after the dataset rows were relabelled': (lambda c, t: [
         'classification.train_classifier', dataset_copy(c, t, swap_two_labels), str(c.crops),
         '--resume', run_copy(c, t), '--add-epochs', '1'], 'changed since the run started'),
+    # --- a second sweep
+    'evaluate: params.json with image_size -1': (lambda c, t: [
+        'classification.evaluate_model', write(t, 'params.json', {**json.loads(
+            (c.run / 'params.json').read_text()), 'image_size': -1}), str(checkpoint(c.run)),
+        '-o', str(t / 'ev'), '--dataset-dir', str(c.base), '--crops-dir', str(c.crops)],
+        'image_size -1'),
+    'evaluate: params.json that would re-export the model with other settings': (
+        lambda c, t: (lambda run: [
+            'classification.evaluate_model', write(t, 'params.json', {**json.loads(
+                (c.run / 'params.json').read_text()), 'multilabel': True}),
+            str(checkpoint(run)), '-o', str(t / 'ev'), '--dataset-dir', str(c.base),
+            '--crops-dir', str(c.crops)])(Path(run_copy(c, t))),
+        'exists with other settings'),
+    'evaluate: a target named weight': (lambda c, t: [
+        'classification.evaluate_model', str(c.run / 'params.json'), str(c.model), '-o',
+        str(t / 'ev'), '--target-mapping', write(t, 'm.json', {'weight': ['deer']}),
+        '--label-index', str(c.base / 'label_index.json')],
+        "'weight' cannot name a target"),
+    'aggregate: -o and -i both stdout': (lambda c, t: [
+        *aggregate(t, classifier_csv('a.jpg,0.5,0.5\n'))[:-4], '-o', '-', '-i', '-'],
+        'given both'),
 }
 
 
@@ -514,6 +535,12 @@ def queried(c: Ctx, **changes) -> dict:
     first = next(iter(doc))
     doc[first] = {**doc[first], **changes}
     return doc
+
+
+def checkpoint(run: Path) -> Path:
+    """The run's best checkpoint (the one its TorchScript file was exported from)."""
+    (compiled,) = run.glob('ckpt_*_compiled.pt')
+    return compiled.with_name(compiled.name.replace('_compiled', ''))
 
 
 def run_copy(c: Ctx, t: Path, edit=None) -> str:
@@ -691,3 +718,51 @@ def test_outputs_honour_the_umask(ctx, tmp_path):
     files = [*tmp_path.glob('*.json'), *(tmp_path / 'c').rglob('*.jpg')]
     assert len(files) > 1
     assert {p.stat().st_mode & 0o777 for p in files} == {0o640}
+
+
+@pytest.mark.parametrize('env, message', [
+    ({'WORLD_SIZE': 'x'}, "WORLD_SIZE 'x' is not a number"),
+    ({'WORLD_SIZE': '2', 'RANK': '5', 'LOCAL_RANK': '0', 'MASTER_ADDR': '127.0.0.1',
+      'MASTER_PORT': '1'}, 'RANK 5 / LOCAL_RANK 0 do not fit WORLD_SIZE 2'),
+    ({'WORLD_SIZE': '2', 'RANK': '1', 'LOCAL_RANK': '1'}, 'MASTER_ADDR/MASTER_PORT'),
+])
+@pytest.mark.parametrize('step', [R, DET])
+def test_inconsistent_torchrun_settings_are_refused(ctx, tmp_path, env, message, step):
+    model = ctx.model if step == R else detector_file(tmp_path)
+    before = snapshot(tmp_path)
+    proc = run([step, str(model), str(ctx.crops if step == R else ctx.photos),
+                str(tmp_path / 'out' / 'o.json'), '--recursive' if step == DET else '-v5a'],
+               env={k: v for k, v in env.items()})
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+    assert message in proc.stderr.strip().splitlines()[-1]
+    assert snapshot(tmp_path) == before
+
+
+def test_a_second_run_writing_the_same_output_is_refused(ctx, tmp_path):
+    import fcntl
+    out = tmp_path / 'o.csv'
+    with open(f'{out}.part.lock', 'w') as held:         # a first run holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = run([R, str(ctx.model), str(ctx.crops), str(out), '--num-workers', '0'])
+    assert proc.returncode == 2 and 'another run is writing this output' in proc.stderr
+    assert not out.exists() and not Path(f'{out}.part').exists()
+    proc = run([R, str(ctx.model), str(ctx.crops), str(out), '--num-workers', '0'])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not Path(f'{out}.part.lock').exists()
+
+
+def test_a_photo_with_more_than_100_boxes_is_cropped_and_classified_whole(ctx, tmp_path):
+    doc = dets_doc(ctx)
+    first = doc['images'][0]
+    first['detections'] = [{'category': '1', 'conf': 0.9,
+                            'bbox': [0.005 * (i % 10), 0.005 * (i // 10), 0.3, 0.3]}
+                           for i in range(120)]
+    doc['images'] = [first]
+    proc = run(crop(ctx, tmp_path, doc))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = sorted(p.name for p in (tmp_path / 'crops').rglob('*.jpg'))
+    assert len(names) == 120 and any('___crop119_' in n for n in names)
+    proc = run([R, str(ctx.model), str(ctx.photos), str(tmp_path / 'p.csv'), '--from-photos',
+                '-d', str(tmp_path / 'd.json'), '--num-workers', '0'])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(pd.read_csv(tmp_path / 'p.csv')) == 120

@@ -42,8 +42,11 @@ def test_crop_names_round_trip():
     assert utils.parse_crop_filename(name) == ('loc1/img.jpg', 3, '5a')
     assert utils.crop_filename('a.jpg', 0, None) == 'a.jpg___crop00.jpg'
     assert utils.parse_crop_filename('a.jpg___crop00.jpg') == ('a.jpg', 0, None)
+    # a photo may have more than 100 boxes (MegaDetector keeps up to 300): crop100
+    assert utils.crop_filename('a.jpg', 100, '5a') == 'a.jpg___crop100_mdv5a.jpg'
+    assert utils.parse_crop_filename('a.jpg___crop100_mdv5a.jpg') == ('a.jpg', 100, '5a')
     with pytest.raises(utils.InputError):
-        utils.crop_filename('a.jpg', 100, '5a')
+        utils.crop_filename('a.jpg', -1, '5a')
     with pytest.raises(utils.InputError):
         utils.parse_crop_filename('a.jpg')
 
