@@ -79,6 +79,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
+    utils.check_one_stdin(args.classifier_results_csv, args.target_mapping)
     mapping = utils.require_mapping(utils.read_json(args.target_mapping, unique_keys=True),
                                     args.target_mapping)
     if not all(isinstance(v, list) and all(isinstance(x, str) for x in v)

@@ -308,9 +308,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
-    if '-' in args.classification_csv and '-' in (args.detection_json,
-                                                  args.queried_images_json):
-        raise utils.InputError('only one input can be read from stdin')
+    utils.check_one_stdin(args.classification_csv, args.label_names_json, args.detection_json,
+                          args.queried_images_json)
     df = classifier_output.read_outputs(args.classification_csv,
                                         dtype={'path': str, 'label': str})
     # read after the classifications: in a pipe, the step before writes this file

@@ -165,8 +165,11 @@ def check_labels(info: ClassifierInfo | None, labels: Sequence[str], source: str
     if sorted(labels) == sorted(info.labels):
         raise utils.InputError(f'{source}: the labels are those of the model but in another '
                                'order; its outputs would be mislabeled')
-    raise utils.InputError(f'{source}: labels {list(labels)[:5]}... differ from the '
-                           f"model's own {list(info.labels)[:5]}...")
+    extra = [lab for lab in labels if lab not in info.labels]
+    missing = [lab for lab in info.labels if lab not in labels]
+    raise utils.InputError(f"{source}: labels differ from the model's own ({len(labels)} "
+                           f'against {len(info.labels)}; not in the model: {extra[:5]}, '
+                           f'missing: {missing[:5]})')
 
 
 def optimize_for_cpu(model: torch.jit.ScriptModule) -> torch.jit.ScriptModule:

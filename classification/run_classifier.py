@@ -304,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     utils.setup_logging()
     if args.detector_version is not None:
         utils.check_detector_version(args.detector_version)
+    utils.check_one_stdin(args.detections_json, args.classifier_categories)
     utils.check_output_path(args.output, [args.model, args.detections_json,
                                           args.classifier_categories])
     dist = Dist.from_env(models.pick_device(args.device), timeout_minutes=24 * 60)

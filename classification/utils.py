@@ -216,6 +216,15 @@ def read_json(path: str | os.PathLike[str], unique_keys: bool = False) -> Any:
             raise InputError(f'{path}: not JSON this program reads ({str(e)[:100]})') from e
 
 
+def check_one_stdin(*inputs: str | os.PathLike[str] | Sequence[str] | None) -> None:
+    """Refuses '-' (stdin) for more than one input of a step."""
+    flat: list[object] = []
+    for given in inputs:
+        flat.extend(given if isinstance(given, (list, tuple)) else [given])
+    if sum(str(x) == STDIO for x in flat if x is not None) > 1:
+        raise InputError("only one input can be read from stdin ('-')")
+
+
 def check_output_path(path: str | os.PathLike[str],
                       inputs: Iterable[str | os.PathLike[str] | None]) -> None:
     """Refuses an output path that is a folder, or that is one of the step's inputs

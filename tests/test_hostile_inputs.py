@@ -527,6 +527,20 @@ CASES = {
     'aggregate: -o and -i both stdout': (lambda c, t: [
         *aggregate(t, classifier_csv('a.jpg,0.5,0.5\n'))[:-4], '-o', '-', '-i', '-'],
         'given both'),
+    'merge: the CSV and the label index both from stdin': (lambda c, t: [
+        M, '-', '-', '-j', str(c.dets), '-o', str(t / 'm.json'), '-n', 'x'],
+        'only one input can be read from stdin'),
+    'run_classifier: detections and categories both from stdin': (lambda c, t: [
+        R, str(c.model), str(c.crops), str(t / 'o.csv'), '-d', '-', '-c', '-'],
+        'only one input can be read from stdin'),
+    'aggregate: the CSV and the mapping both from stdin': (lambda c, t: [
+        A, '-', '-t', '-', '-o', str(t / 'a.csv'), '-i', str(t / 'i.json')],
+        'only one input can be read from stdin'),
+    'run_classifier: categories with a label the model lacks': (lambda c, t: [
+        R, str(c.model), str(c.crops), str(t / 'o.csv'), '-c', write(t, 'li.json', {
+            **(lambda li: {**li, str(len(li)): 'zebra'})(
+                json.loads((c.base / 'label_index.json').read_text()))}),
+        '--num-workers', '0'], "not in the model: ['zebra']"),
 }
 
 
