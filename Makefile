@@ -44,6 +44,12 @@ $(TEST_STAMP): $(STAMP) Makefile package.json package-lock.json
 	$(PY) -m pip install --quiet --no-deps $(VALIDATOR)
 	$(PY) -m pip install --quiet $(VALIDATOR_DEPS)
 	npm ci --no-audit --no-fund --loglevel=error   # Azurite and cosmosdb-server, pinned
+	@# the reports are checked in a real headless browser: Debian's chromium and its driver
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	       && { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	            chromium chromium-driver; } >/dev/null; } \
+	  || echo "warning: no chromium/chromedriver; the report tests will fail" >&2
 	touch $(TEST_STAMP)
 
 pytest: $(TEST_STAMP)

@@ -29,8 +29,12 @@ Writes into --output-dir:
     overall_metrics.csv      split, loss, loss_weighted, acc_top1, acc_top3,
                              acc_weighted_top1, acc_weighted_top3 (accuracies in %)
     confusion_matrices.npz   one labels x labels array per split (rows = truth)
-    label_stats.csv          split, label, precision, recall (fractions; precision 0
-                             when a label is never predicted, recall empty when absent)
+    label_stats.csv          split, label, precision, recall, f1 (fractions; precision 0
+                             when a label is never predicted, recall and f1 empty when
+                             absent), count (crops of the label), predicted (crops
+                             predicted as it)
+    report/index.html        the evaluation report: figures and tables per split
+                             (see classification/reports.py)
     label_index.json         with --target-mapping: the targets, in column order
 """
 from __future__ import annotations
@@ -44,7 +48,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from classification import crop_data, inference, metrics, model_files, models, utils
+from classification import (
+    crop_data,
+    inference,
+    metrics,
+    model_files,
+    models,
+    reports,
+    utils,
+)
 from classification.distributed import Dist
 from classification.train_config import resolve_run_path
 
@@ -72,6 +84,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--image-size', type=utils.image_size,
                         help='input size (default: the model file\'s, else params.json\'s)')
     parser.add_argument('--device', help='torch device (default: cuda if available)')
+    parser.add_argument('--report', metavar='DIR',
+                        help='the evaluation report folder (default: <output-dir>/report)')
+    parser.add_argument('--no-report', action='store_true',
+                        help='write no report (the CSV files only)')
     args = parser.parse_args(argv)
     if args.target_mapping and not args.label_index:
         parser.error('--target-mapping needs --label-index')
@@ -139,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = utils.load_label_index(Path(dataset_dir) / 'label_index.json')
     model_labels = utils.load_label_index(args.label_index) if args.label_index else labels
     check_against_run(run_dir, model_labels, dataset_dir, args.label_index)
+    report_dir = None if args.no_report else reports.check_report_dir(
+        args.report or Path(args.output_dir) / 'report')
     dist = Dist.from_env(models.pick_device(args.device))
     device = dist.device
     multilabel = params.get('multilabel', False)
@@ -211,6 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if matrix is not None:
                 utils.write_json(utils.label_index_dict(targets), out_dir / 'label_index.json')
             metrics.log_metrics(table)
+            if report_dir is not None and not multilabel:
+                reports.report_from_outputs(out_dir, report_dir, crops_dir,
+                                            Path(dataset_dir) / 'classification_ds.csv',
+                                            list(results))
     finally:
         dist.close()
     return 0

@@ -181,11 +181,18 @@ def label_stats(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str],
         cm = np.stack([np.stack([tn, fp], axis=1), np.stack([fn, tp], axis=1)], axis=1)
         precision = np.divide(tp, tp + fp, out=np.zeros(len(labels)), where=(tp + fp) > 0)
         recall = np.divide(tp, tp + fn, out=np.full(len(labels), np.nan), where=(tp + fn) > 0)
+        count, predicted = tp + fn, tp + fp
     else:
         cm = confusion(y_true, y_pred, len(labels))
         precision, recall = precision_recall(cm)
+        count, predicted = cm.sum(axis=1), cm.sum(axis=0)
+    both = precision + recall
+    f1 = np.divide(2 * precision * recall, both, out=np.zeros(len(labels)),
+                   where=np.isfinite(both) & (both > 0))
+    f1[~np.isfinite(recall)] = np.nan
     return cm, pd.DataFrame({'split': split, 'label': list(labels), 'precision': precision,
-                             'recall': recall})
+                             'recall': recall, 'f1': f1, 'count': count,
+                             'predicted': predicted})
 
 
 def write_evaluation(out_dir: Path, split_frames: dict[str, pd.DataFrame],

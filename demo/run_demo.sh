@@ -128,6 +128,7 @@ for img in merged['images']:
 print(f'training run:           {run}')
 print(f'TorchScript classifier: {model_ts}')
 print(f'evaluation files:       {run}/outputs_*.csv.gz, overall_metrics.csv, label_stats.csv')
+print(f'evaluation report:      {run}/report/index.html  <- open this in a browser')
 print(f'Timelapse JSON:         {merged_path}')
 print(f'new photos with an animal classified correctly: {hits}/{total}')
 print(f'test-split top-1 accuracy: {metrics.loc["test", "acc_top1"]:.1f}%')

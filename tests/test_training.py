@@ -94,7 +94,8 @@ def test_evaluate_model_with_checkpoint_and_torchscript(trained_run, tmp_path):
     np.testing.assert_allclose(a['acc_top1'], b['acc_top1'])
     np.testing.assert_allclose(a['loss'], b['loss'], rtol=1e-4)
     stats = pd.read_csv(tmp_path / 'a' / 'label_stats.csv')
-    assert list(stats.columns) == ['split', 'label', 'precision', 'recall']
+    assert list(stats.columns) == ['split', 'label', 'precision', 'recall', 'f1', 'count',
+                                   'predicted']
 
 
 def test_evaluate_model_target_mapping(trained_run, base_logdir, tmp_path):
@@ -206,6 +207,12 @@ def test_label_stats():
     # the original's zero-division values: never predicted -> precision 0; absent -> recall NaN
     assert stats['precision'].iloc[2] == 0 and stats['precision'].iloc[3] == 0
     assert np.isnan(stats['recall'].iloc[3])
+    # F1 is the harmonic mean (0 when nothing is right, empty when the label is absent)
+    assert stats['f1'].iloc[0] == pytest.approx(0.5)
+    assert stats['f1'].iloc[1] == pytest.approx(0.8)
+    assert stats['f1'].iloc[2] == 0 and np.isnan(stats['f1'].iloc[3])
+    assert stats['count'].tolist() == [2, 2, 1, 0]
+    assert stats['predicted'].tolist() == [2, 3, 0, 0]
 
 
 @pytest.mark.parametrize('image_size', [96, 224])

@@ -309,7 +309,8 @@ def test_label_stats_and_overall_metrics_units(trained_run):
                                    'acc_weighted_top1', 'acc_weighted_top3']
     assert table['acc_top3'].max() > 1                 # percent
     stats = pd.read_csv(trained_run / 'label_stats.csv')
-    assert list(stats.columns) == ['split', 'label', 'precision', 'recall']
+    assert list(stats.columns) == ['split', 'label', 'precision', 'recall', 'f1', 'count',
+                                   'predicted']
     assert stats['precision'].between(0, 1).all()      # never predicted: 0, not empty
 
 

@@ -1,0 +1,326 @@
+"""The evaluation report: one self-contained folder (``index.html`` and the PNG
+figures and crop thumbnails it shows) that replaces the original's
+analyze_classifier_results notebook.
+
+For each split evaluated (``outputs_<split>.csv.gz`` of evaluate_model or
+train_classifier) it shows the overall metrics, the row-normalised confusion
+matrix with label names, per-label precision / recall / F1 with counts, a
+reliability diagram with the expected calibration error (ECE), accuracy per
+location (when the dataset CSV is at hand), the most confused label pairs with
+example crops, and, per true label, crops grouped by what they were predicted
+as. The folder is written to a temporary name and renamed into place; an
+existing folder is replaced only if it is a report (it holds ``REPORT_MARK``).
+"""
+from __future__ import annotations
+
+import html
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from classification import metrics, utils
+
+logger = logging.getLogger(__name__)
+
+REPORT_MARK = '.camera-trap-report'
+THUMB_SIZE = 112
+EXAMPLES_PER_CELL = 6
+MAX_THUMBS = 2000
+TOP_PAIRS = 10
+NOT_LABELS = ('path', 'label', 'weight')
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    """One split's outputs: crop paths, true label indices, probabilities."""
+    name: str
+    paths: list[str]
+    y_true: np.ndarray
+    probs: np.ndarray
+
+    @property
+    def y_pred(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+
+def read_split(path: Path, labels: Sequence[str] | None = None) -> tuple[SplitResult,
+                                                                        list[str]]:
+    """An outputs_<split>.csv.gz file as a SplitResult, and its label columns."""
+    df = utils.read_csv(path, dtype={'path': str, 'label': str})
+    if 'path' not in df.columns or 'label' not in df.columns:
+        raise utils.InputError(f'{path}: needs "path" and "label" columns (an evaluate_model '
+                               'output)')
+    columns = [c for c in df.columns if c not in NOT_LABELS]
+    if labels is not None and columns != list(labels):
+        raise utils.InputError(f'{path}: its label columns differ from the other splits\'')
+    index = {name: i for i, name in enumerate(columns)}
+    unknown = sorted(set(df['label']) - set(index))
+    if unknown:
+        raise utils.InputError(f'{path}: labels {unknown[:5]} have no probability column '
+                               '(multi-label outputs have no single-label report yet)')
+    name = path.name.removeprefix('outputs_').split('.')[0]
+    probs = df[columns].to_numpy(dtype=np.float64)
+    if not np.isfinite(probs).all():
+        raise utils.InputError(f'{path}: probabilities must be numbers')
+    return SplitResult(name, df['path'].tolist(), df['label'].map(index).to_numpy(),
+                       probs), columns
+
+
+def calibration(probs: np.ndarray, y_true: np.ndarray, bins: int = 10
+                ) -> tuple[pd.DataFrame, float]:
+    """(per confidence bin: mean confidence, accuracy, crops; the expected
+    calibration error, the crop-weighted mean gap between the two)."""
+    conf = probs.max(axis=1)
+    hit = (probs.argmax(axis=1) == y_true).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        sel = which == b
+        n = int(sel.sum())
+        rows.append({'low': edges[b], 'high': edges[b + 1], 'crops': n,
+                     'confidence': float(conf[sel].mean()) if n else np.nan,
+                     'accuracy': float(hit[sel].mean()) if n else np.nan})
+    table = pd.DataFrame(rows)
+    filled = table[table['crops'] > 0]
+    ece = float((filled['crops'] * (filled['accuracy'] - filled['confidence']).abs()).sum()
+                / max(len(conf), 1))
+    return table, ece
+
+
+def reliability_figure(table: pd.DataFrame, ece: float, title: str) -> Any:
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    centers = (table['low'] + table['high']) / 2
+    ax.bar(centers, table['accuracy'].fillna(0), width=0.1, edgecolor='black',
+           label='accuracy')
+    ax.plot([0, 1], [0, 1], '--', color='grey', label='perfect calibration')
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel('confidence (top probability)')
+    ax.set_ylabel('accuracy')
+    ax.set_title(f'{title} (ECE {ece:.3f})')
+    ax.legend(loc='upper left')
+    fig.tight_layout()
+    return fig
+
+
+def location_accuracy(split: SplitResult, locations: pd.Series) -> pd.DataFrame:
+    """Top-1 accuracy per (dataset, location), worst first."""
+    df = pd.DataFrame({'path': split.paths, 'hit': split.y_true == split.y_pred})
+    df['location'] = df['path'].map(locations)
+    out = df.dropna(subset=['location']).groupby('location')['hit'].agg(['mean', 'size'])
+    return out.rename(columns={'mean': 'accuracy', 'size': 'crops'}).sort_values('accuracy')
+
+
+def confused_pairs(cm: np.ndarray, labels: Sequence[str], top: int = TOP_PAIRS
+                   ) -> list[tuple[int, int, int]]:
+    """(true, predicted, crops) of the most frequent off-diagonal cells."""
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(off, axis=None)[::-1][:top]
+    return [(int(i), int(j), int(off[i, j])) for i, j in
+            (np.unravel_index(k, off.shape) for k in order) if off[i, j] > 0]
+
+
+class _Thumbs:
+    """Crop thumbnails written into the report folder (at most MAX_THUMBS)."""
+
+    def __init__(self, crops_dir: Path | None, folder: Path) -> None:
+        self.crops_dir, self.folder, self.n = crops_dir, folder, 0
+        self.done: dict[str, str | None] = {}
+
+    def __call__(self, crop: str) -> str | None:
+        """The thumbnail's path relative to the report, or None (no crops folder,
+        unreadable crop, or the cap reached)."""
+        if crop in self.done:
+            return self.done[crop]
+        rel = None
+        if self.crops_dir is not None and self.n < MAX_THUMBS:
+            from PIL import Image, UnidentifiedImageError
+            try:
+                with Image.open(utils.safe_join(self.crops_dir, crop)) as img:
+                    img.draft('RGB', (THUMB_SIZE, THUMB_SIZE))
+                    small = img.convert('RGB')
+                small.thumbnail((THUMB_SIZE, THUMB_SIZE))
+                rel = f'thumbs/{self.n:05d}.jpg'
+                small.save(self.folder / rel, 'JPEG', quality=80)
+                self.n += 1
+            except (OSError, UnidentifiedImageError, ValueError, utils.InputError,
+                    Image.DecompressionBombError):
+                rel = None
+        self.done[crop] = rel
+        return rel
+
+
+def _img(src: str, alt: str, width: int | None = None) -> str:
+    size = f' width="{width}"' if width else ''
+    return f'<img src="{html.escape(src)}" alt="{html.escape(alt)}"{size}>'
+
+
+def _thumb_cell(thumbs: _Thumbs, crops: Sequence[str], probs: np.ndarray,
+                pred: Sequence[int], labels: Sequence[str]) -> str:
+    parts = []
+    for crop, p, j in zip(crops, probs, pred, strict=True):
+        src = thumbs(crop)
+        caption = f'{labels[j]} {p[j]:.2f}'
+        if src is None:
+            parts.append(f'<span class="missing" title="{html.escape(crop)}">'
+                         f'{html.escape(caption)}</span>')
+        else:
+            parts.append(f'<figure>{_img(src, crop)}<figcaption>{html.escape(caption)}'
+                         '</figcaption></figure>')
+    return ''.join(parts)
+
+
+def split_section(split: SplitResult, labels: Sequence[str], folder: Path, thumbs: _Thumbs,
+                  locations: pd.Series | None) -> str:
+    """The HTML of one split, its figures written into ``folder``."""
+    n = len(split.paths)
+    out = [f'<h2 id="{html.escape(split.name)}">{html.escape(split.name)}: {n} crops</h2>']
+    if n == 0:
+        return out[0] + '<p>No crops.</p>'
+    top1 = float((split.y_true == split.y_pred).mean())
+    top3 = float((np.argsort(-split.probs, axis=1)[:, :3] == split.y_true[:, None])
+                 .any(axis=1).mean())
+    table, ece = calibration(split.probs, split.y_true)
+    out.append(f'<p>top-1 accuracy <b>{top1:.2%}</b>, top-3 {top3:.2%}, expected '
+               f'calibration error {ece:.3f}</p>')
+    cm = metrics.confusion(split.y_true, split.y_pred, len(labels))
+    fig = metrics.confusion_figure(cm, labels, f'{split.name}: confusion matrix')
+    fig.savefig(folder / f'confusion_{split.name}.png', dpi=100)
+    fig = reliability_figure(table, ece, f'{split.name}: reliability')
+    fig.savefig(folder / f'reliability_{split.name}.png', dpi=100)
+    out.append('<div class="figs">'
+               + _img(f'confusion_{split.name}.png', f'{split.name} confusion matrix')
+               + _img(f'reliability_{split.name}.png', f'{split.name} reliability diagram')
+               + '</div>')
+    _, stats = metrics.label_stats(split.y_true, split.y_pred, labels, split.name)
+    stats = stats.drop(columns=['split'])
+    out.append('<h3>Per label</h3>' + stats.to_html(index=False, float_format='{:.3f}'.format,
+                                                      na_rep='', classes='stats'))
+    if locations is not None:
+        acc = location_accuracy(split, locations)
+        if len(acc):
+            out.append('<h3>Accuracy per location</h3>' + acc.to_html(
+                float_format='{:.3f}'.format, classes='stats'))
+    pairs = confused_pairs(cm, labels)
+    if pairs:
+        rows = []
+        for i, j, count in pairs:
+            sel = np.flatnonzero((split.y_true == i) & (split.y_pred == j))
+            sel = sel[np.argsort(-split.probs[sel, j])][:EXAMPLES_PER_CELL]
+            rows.append(f'<tr><td>{html.escape(labels[i])}</td><td>{html.escape(labels[j])}'
+                        f'</td><td>{count}</td><td class="thumbs">' + _thumb_cell(
+                            thumbs, [split.paths[k] for k in sel], split.probs[sel],
+                            [j] * len(sel), labels) + '</td></tr>')
+        out.append('<h3>Most confused pairs</h3><table class="stats"><tr><th>true</th>'
+                   '<th>predicted as</th><th>crops</th><th>examples</th></tr>'
+                   + ''.join(rows) + '</table>')
+    grids = []
+    for i, name in enumerate(labels):
+        mine = np.flatnonzero(split.y_true == i)
+        if not len(mine):
+            continue
+        cells = []
+        for j in np.unique(split.y_pred[mine]):
+            sel = mine[split.y_pred[mine] == j][:EXAMPLES_PER_CELL]
+            cells.append(f'<div class="cell"><p>predicted {html.escape(labels[j])} '
+                         f'({int((split.y_pred[mine] == j).sum())})</p>' + _thumb_cell(
+                             thumbs, [split.paths[k] for k in sel], split.probs[sel],
+                             [int(j)] * len(sel), labels) + '</div>')
+        grids.append(f'<details><summary>{html.escape(name)} ({len(mine)} crops)</summary>'
+                     + ''.join(cells) + '</details>')
+    out.append('<h3>Crops of each label, by prediction</h3>' + ''.join(grids))
+    return '\n'.join(out)
+
+
+STYLE = '''body{font-family:sans-serif;margin:1.5em;max-width:1400px}
+.figs img{max-width:48%;margin:0 1% 1em 0;vertical-align:top}
+table.stats{border-collapse:collapse;margin-bottom:1em}
+table.stats td,table.stats th{border:1px solid #ccc;padding:2px 6px;font-size:13px}
+figure{display:inline-block;margin:2px;text-align:center;font-size:11px}
+.cell{margin:4px 0 8px 1em}.missing{font-size:11px;margin-right:6px;color:#666}'''
+
+
+def check_report_dir(report_dir: str | os.PathLike[str]) -> Path:
+    """Refuses a report folder that exists and is not a report (it would be replaced)."""
+    target = Path(report_dir)
+    if target.exists() and not (target / REPORT_MARK).is_file():
+        raise utils.InputError(f'{target}: exists and is not a report folder; give another '
+                               'report folder or move it away')
+    return target
+
+
+def write_report(report_dir: str | os.PathLike[str], splits: Sequence[SplitResult],
+                 labels: Sequence[str], crops_dir: str | os.PathLike[str] | None = None,
+                 locations: pd.Series | None = None, title: str = 'Evaluation report'
+                 ) -> Path:
+    """Writes the report folder (see the module docstring); returns index.html."""
+    target = check_report_dir(report_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{target.name}.', dir=target.parent))
+    try:
+        (tmp / 'thumbs').mkdir()
+        thumbs = _Thumbs(Path(crops_dir) if crops_dir else None, tmp)
+        sections = [split_section(s, labels, tmp, thumbs, locations) for s in splits]
+        nav = ' | '.join(f'<a href="#{html.escape(s.name)}">{html.escape(s.name)}</a>'
+                         for s in splits)
+        page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+                f'<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>'
+                f'<h1>{html.escape(title)}</h1><p>{len(labels)} labels; splits: {nav}</p>'
+                + '\n'.join(sections) + '</body></html>\n')
+        (tmp / 'index.html').write_text(page, encoding='utf-8')
+        (tmp / REPORT_MARK).write_text('written by classification/reports.py\n')
+        mode = utils.file_mode()
+        for path in tmp.rglob('*'):
+            os.chmod(path, mode | 0o111 if path.is_dir() else mode)
+        os.chmod(tmp, mode | 0o111)
+        old = None
+        if target.exists():
+            old = target.with_name(f'.{target.name}.old')
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info('evaluation report: %s', target / 'index.html')
+    return target / 'index.html'
+
+
+def report_from_outputs(eval_dir: str | os.PathLike[str], report_dir: str | os.PathLike[str],
+                        crops_dir: str | os.PathLike[str] | None = None,
+                        dataset_csv: str | os.PathLike[str] | None = None,
+                        splits: Sequence[str] = ('train', 'val', 'test')) -> Path | None:
+    """The report of the outputs_<split>.csv.gz files in ``eval_dir`` (None when
+    there are none); locations come from the dataset CSV when given."""
+    results, labels = [], None
+    for split in splits:
+        path = Path(eval_dir) / f'outputs_{split}.csv.gz'
+        if path.is_file():
+            res, labels = read_split(path, labels)
+            results.append(res)
+    if not results or labels is None:
+        return None
+    locations = None
+    if dataset_csv is not None and Path(dataset_csv).is_file():
+        ds = utils.read_csv(dataset_csv, dtype={'path': str, 'dataset': str, 'location': str})
+        if {'path', 'dataset', 'location'} <= set(ds.columns):
+            locations = pd.Series((ds['dataset'] + '/' + ds['location']).to_numpy(),
+                                  index=ds['path'])
+            locations = locations[~locations.index.duplicated()]
+    return write_report(report_dir, results, labels, crops_dir, locations)
