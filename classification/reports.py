@@ -40,15 +40,14 @@ NOT_LABELS = ('path', 'label', 'weight')
 
 @dataclass(frozen=True)
 class SplitResult:
-    """One split's outputs: crop paths, true label indices, probabilities."""
+    """One split's outputs: crop paths, true label indices, probabilities, and the
+    predicted label indices (computed once: a report looks them up thousands of
+    times)."""
     name: str
     paths: list[str]
     y_true: np.ndarray
     probs: np.ndarray
-
-    @property
-    def y_pred(self) -> np.ndarray:
-        return self.probs.argmax(axis=1)
+    y_pred: np.ndarray
 
 
 def read_split(path: Path, labels: Sequence[str] | None = None) -> tuple[SplitResult,
@@ -71,7 +70,7 @@ def read_split(path: Path, labels: Sequence[str] | None = None) -> tuple[SplitRe
     if not np.isfinite(probs).all():
         raise utils.InputError(f'{path}: probabilities must be numbers')
     return SplitResult(name, df['path'].tolist(), df['label'].map(index).to_numpy(),
-                       probs), columns
+                       probs, probs.argmax(axis=1)), columns
 
 
 def calibration(probs: np.ndarray, y_true: np.ndarray, bins: int = 10
