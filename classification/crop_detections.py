@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from classification import cropping, utils
@@ -46,6 +47,7 @@ def plan_jobs(doc: Mapping[str, Any], images_dir: str | None, crops_dir: str, ve
     and the photos refused, with why (a path that is absolute or leaves the
     folders), which are logged as failures while the others are cropped."""
     by_image: dict[str, list[cropping.CropTask]] = {}
+    sources: dict[str, Path | None] = {}
     refused: dict[str, str] = {}
     for det in iter_detections(doc, threshold, animal_category_ids(doc)):
         if det.image_file in refused:
@@ -53,16 +55,15 @@ def plan_jobs(doc: Mapping[str, Any], images_dir: str | None, crops_dir: str, ve
         try:
             name = utils.crop_filename(det.image_file, det.index, version)
             out = utils.safe_join(crops_dir, name)
-            if images_dir:
-                utils.safe_join(images_dir, det.image_file)
+            if det.image_file not in sources:
+                sources[det.image_file] = (utils.safe_join(images_dir, det.image_file)
+                                           if images_dir else None)
         except utils.InputError as e:
             refused[det.image_file] = f'refused path: {e}'
             by_image.pop(det.image_file, None)
             continue
         by_image.setdefault(det.image_file, []).append(cropping.CropTask(out, det.bbox))
-    jobs = [cropping.ImageJob(f, utils.safe_join(images_dir, f) if images_dir else None,
-                              tuple(tasks))
-            for f, tasks in by_image.items()]
+    jobs = [cropping.ImageJob(f, sources[f], tuple(tasks)) for f, tasks in by_image.items()]
     return jobs, refused
 
 

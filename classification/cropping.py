@@ -241,17 +241,14 @@ class PhotoFile:
         return whole
 
 
-_said = threading.Lock()
-_said_once: set[str] = set()
+_region_warned = threading.Lock()     # taken for good by the first warning
 
 
 def warn_no_region_decoder() -> None:
     """Says once per process that the compiled JPEG region decoder is missing (its
     build was skipped), so photos are decoded whole, about 1.6x slower."""
-    with _said:
-        if 'region' in _said_once:
-            return
-        _said_once.add('region')
+    if not _region_warned.acquire(blocking=False):
+        return
     logger.warning('the JPEG region decoder (classification._jpegregion) is not built, so '
                    'photos are decoded whole (about 1.6x slower); build it with '
                    '`pip install -e .` where a C compiler and libjpeg headers are installed')

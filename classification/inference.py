@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from classification import crop_data, metrics, utils
+from classification import classifier_output, crop_data, metrics, utils
 from classification.distributed import Dist
 from classification.model_files import IMAGENET_MEAN, IMAGENET_STD
 
@@ -92,7 +92,7 @@ def target_matrix(target_mapping: Mapping[str, Sequence[str]], model_labels: Seq
     model's label index, is refused.
     """
     targets = list(labels) + [t for t in target_mapping if t not in set(labels)]
-    reserved = [t for t in targets if t in ('path', 'label', 'weight')]
+    reserved = [t for t in targets if t in classifier_output.NOT_PROBABILITIES]
     if reserved:
         raise utils.InputError(f'{source}: {reserved[0]!r} cannot name a target (it is a '
                                'column of its own in the outputs)')

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from classification import metrics, utils
+from classification import classifier_output, metrics, utils
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ THUMB_SIZE = 112
 EXAMPLES_PER_CELL = 6
 MAX_THUMBS = 2000
 TOP_PAIRS = 10
-NOT_LABELS = ('path', 'label', 'weight')
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ def read_split(path: Path, labels: Sequence[str] | None = None) -> tuple[SplitRe
     if 'path' not in df.columns or 'label' not in df.columns:
         raise utils.InputError(f'{path}: needs "path" and "label" columns (an evaluate_model '
                                'output)')
-    columns = [c for c in df.columns if c not in NOT_LABELS]
+    columns = [c for c in df.columns if c not in classifier_output.NOT_PROBABILITIES]
     if labels is not None and columns != list(labels):
         raise utils.InputError(f'{path}: its label columns differ from the other splits\'')
     index = {name: i for i, name in enumerate(columns)}
