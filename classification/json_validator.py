@@ -24,7 +24,6 @@ import argparse
 import logging
 import os
 import random
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -249,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         images, missing = remove_missing_images(images, datasets, local)
         logger.info('%d queried images have no blob and were dropped', len(missing))
         if missing:
-            log = out / f'json_validator_log_{time.strftime("%Y%m%d_%H%M%S")}.json'
+            log = utils.new_log_path(out, 'json_validator')
             utils.write_json({'nonexistent_images': missing}, log, indent=1)
     if args.min_locs:
         images, rare = drop_rare_labels(images, args.min_locs)

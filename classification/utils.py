@@ -15,6 +15,7 @@ import difflib
 import errno
 import gzip
 import io
+import itertools
 import json
 import logging
 import math
@@ -253,6 +254,23 @@ def failure_entries(failures: Mapping[str, str]) -> list[dict[str, str]]:
     return [{'file': k, 'reason': v} for k, v in sorted(failures.items())]
 
 
+def new_log_path(folder: str | os.PathLike[str], step: str) -> Path:
+    """A new ``<folder>/<step>_log_<YYYYmmdd_HHMMSS>[_<n>].json``, reserved by
+    creating it empty (exclusively), so that two runs in the same second, or two
+    processes, never write over each other's log."""
+    import time
+    stamp = time.strftime('%Y%m%d_%H%M%S')
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        path = Path(folder) / f'{step}_log_{stamp}{"" if n == 1 else f"_{n}"}.json'
+        try:
+            with open(path, 'x'):
+                return path
+        except FileExistsError:
+            continue
+    raise AssertionError('unreachable')
+
+
 def write_failure_log(folder: str | os.PathLike[str], step: str, counts: Mapping[str, int],
                       failures: Mapping[str, str], extra: Mapping[str, Any] | None = None
                       ) -> Path:
@@ -260,8 +278,7 @@ def write_failure_log(folder: str | os.PathLike[str], step: str, counts: Mapping
     schema of every step (README, "Formats"): ``failure_log_version``, ``step``,
     the step's counts, ``failures`` (``[{"file", "reason"}]``) and any ``extra``
     keys (more lists of ``{"file", "reason"}`` objects, or lists of paths)."""
-    import time
-    path = Path(folder) / f'{step}_log_{time.strftime("%Y%m%d_%H%M%S")}.json'
+    path = new_log_path(folder, step)
     doc: dict[str, Any] = {'failure_log_version': FAILURE_LOG_VERSION, 'step': step,
                            **counts, 'failures': failure_entries(failures)}
     doc.update(extra or {})

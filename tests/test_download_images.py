@@ -108,6 +108,8 @@ def test_detect_and_crop_save_full_images(tmp_path, azurite, fast_blob_retries, 
     assert detect_and_crop.main(args) == 0
     assert (tmp_path / 'images' / 'ds' / 'cam' / 'a.jpg').read_bytes() == b'kept'
     assert 'photos: 0 downloaded, 1 already' in capsys.readouterr().err
+    (log,) = (tmp_path / 'out').glob('detect_and_crop_log_*.json')
+    log.unlink()
     with pytest.raises(SystemExit):
         detect_and_crop.parse_args(args[:6] + ['--save-full-images'])    # no --images-dir
     # --fetch-missing-images: crops straight from the container, the photo not kept

@@ -176,3 +176,11 @@ def test_a_mistyped_flag_gets_the_closest_one(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert 'did you mean --threshold?' in err and 'did you mean --batch-size?' in err
+
+
+def test_failure_logs_of_the_same_second_do_not_overwrite_each_other(tmp_path):
+    paths = [utils.write_failure_log(tmp_path, 'step', {'n': i}, {f'{i}.jpg': 'bad'})
+             for i in range(3)]
+    assert len(set(paths)) == 3
+    assert sorted(utils.read_json(p)["n"] for p in paths) == [0, 1, 2]
+    assert all(p.name.startswith('step_log_') for p in paths)
