@@ -8,16 +8,13 @@ matrix with label names, per-label precision / recall / F1 with counts, a
 reliability diagram with the expected calibration error (ECE), accuracy per
 location (when the dataset CSV is at hand), the most confused label pairs with
 example crops, and, per true label, crops grouped by what they were predicted
-as. The folder is written to a temporary name and renamed into place; an
-existing folder is replaced only if it is a report (it holds ``REPORT_MARK``).
+as. The folder is written as report_pages writes every report: to a temporary
+name, renamed into place, replacing only an older report.
 """
 from __future__ import annotations
 
 import html
-import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +23,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from classification import classifier_output, metrics, utils
+from classification import classifier_output, metrics, report_pages, utils
 
-logger = logging.getLogger(__name__)
-
-REPORT_MARK = '.camera-trap-report'
-THUMB_SIZE = 112
 EXAMPLES_PER_CELL = 6
-MAX_THUMBS = 2000
 TOP_PAIRS = 10
+check_report_dir = report_pages.check_report_dir
 
 
 @dataclass(frozen=True)
@@ -132,57 +125,13 @@ def confused_pairs(cm: np.ndarray, labels: Sequence[str], top: int = TOP_PAIRS
             (np.unravel_index(k, off.shape) for k in order) if off[i, j] > 0]
 
 
-class _Thumbs:
-    """Crop thumbnails written into the report folder (at most MAX_THUMBS)."""
-
-    def __init__(self, crops_dir: Path | None, folder: Path) -> None:
-        self.crops_dir, self.folder, self.n = crops_dir, folder, 0
-        self.done: dict[str, str | None] = {}
-
-    def __call__(self, crop: str) -> str | None:
-        """The thumbnail's path relative to the report, or None (no crops folder,
-        unreadable crop, or the cap reached)."""
-        if crop in self.done:
-            return self.done[crop]
-        rel = None
-        if self.crops_dir is not None and self.n < MAX_THUMBS:
-            from PIL import Image, UnidentifiedImageError
-            try:
-                with Image.open(utils.safe_join(self.crops_dir, crop)) as img:
-                    img.draft('RGB', (THUMB_SIZE, THUMB_SIZE))
-                    small = img.convert('RGB')
-                small.thumbnail((THUMB_SIZE, THUMB_SIZE))
-                rel = f'thumbs/{self.n:05d}.jpg'
-                small.save(self.folder / rel, 'JPEG', quality=80)
-                self.n += 1
-            except (OSError, UnidentifiedImageError, ValueError, utils.InputError,
-                    Image.DecompressionBombError):
-                rel = None
-        self.done[crop] = rel
-        return rel
-
-
-def _img(src: str, alt: str, width: int | None = None) -> str:
-    size = f' width="{width}"' if width else ''
-    return f'<img src="{html.escape(src)}" alt="{html.escape(alt)}"{size}>'
-
-
-def _thumb_cell(thumbs: _Thumbs, crops: Sequence[str], probs: np.ndarray,
+def _thumb_cell(thumbs: report_pages.Thumbs, crops: Sequence[str], probs: np.ndarray,
                 pred: Sequence[int], labels: Sequence[str]) -> str:
-    parts = []
-    for crop, p, j in zip(crops, probs, pred, strict=True):
-        src = thumbs(crop)
-        caption = f'{labels[j]} {p[j]:.2f}'
-        if src is None:
-            parts.append(f'<span class="missing" title="{html.escape(crop)}">'
-                         f'{html.escape(caption)}</span>')
-        else:
-            parts.append(f'<figure>{_img(src, crop)}<figcaption>{html.escape(caption)}'
-                         '</figcaption></figure>')
-    return ''.join(parts)
+    return ''.join(report_pages.figure(thumbs, crop, f'{labels[j]} {p[j]:.2f}')
+                   for crop, p, j in zip(crops, probs, pred, strict=True))
 
 
-def split_section(split: SplitResult, labels: Sequence[str], folder: Path, thumbs: _Thumbs,
+def split_section(split: SplitResult, labels: Sequence[str], folder: Path, thumbs: report_pages.Thumbs,
                   locations: pd.Series | None) -> str:
     """The HTML of one split, its figures written into ``folder``."""
     n = len(split.paths)
@@ -201,8 +150,9 @@ def split_section(split: SplitResult, labels: Sequence[str], folder: Path, thumb
     fig = reliability_figure(table, ece, f'{split.name}: reliability')
     fig.savefig(folder / f'reliability_{split.name}.png', dpi=100)
     out.append('<div class="figs">'
-               + _img(f'confusion_{split.name}.png', f'{split.name} confusion matrix')
-               + _img(f'reliability_{split.name}.png', f'{split.name} reliability diagram')
+               + report_pages.img(f'confusion_{split.name}.png', f'{split.name} confusion matrix')
+               + report_pages.img(f'reliability_{split.name}.png',
+                                  f'{split.name} reliability diagram')
                + '</div>')
     _, stats = metrics.label_stats(split.y_true, split.y_pred, labels, split.name)
     stats = stats.drop(columns=['split'])
@@ -244,60 +194,18 @@ def split_section(split: SplitResult, labels: Sequence[str], folder: Path, thumb
     return '\n'.join(out)
 
 
-STYLE = '''body{font-family:sans-serif;margin:1.5em;max-width:1400px}
-.figs img{max-width:48%;margin:0 1% 1em 0;vertical-align:top}
-table.stats{border-collapse:collapse;margin-bottom:1em}
-table.stats td,table.stats th{border:1px solid #ccc;padding:2px 6px;font-size:13px}
-figure{display:inline-block;margin:2px;text-align:center;font-size:11px}
-.cell{margin:4px 0 8px 1em}.missing{font-size:11px;margin-right:6px;color:#666}'''
-
-
-def check_report_dir(report_dir: str | os.PathLike[str]) -> Path:
-    """Refuses a report folder that exists and is not a report (it would be replaced)."""
-    target = Path(report_dir)
-    if target.exists() and not (target / REPORT_MARK).is_file():
-        raise utils.InputError(f'{target}: exists and is not a report folder; give another '
-                               'report folder or move it away')
-    return target
-
-
 def write_report(report_dir: str | os.PathLike[str], splits: Sequence[SplitResult],
                  labels: Sequence[str], crops_dir: str | os.PathLike[str] | None = None,
                  locations: pd.Series | None = None, title: str = 'Evaluation report'
                  ) -> Path:
     """Writes the report folder (see the module docstring); returns index.html."""
-    target = check_report_dir(report_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{target.name}.', dir=target.parent))
-    try:
-        (tmp / 'thumbs').mkdir()
-        thumbs = _Thumbs(Path(crops_dir) if crops_dir else None, tmp)
-        sections = [split_section(s, labels, tmp, thumbs, locations) for s in splits]
+    def build(folder: Path) -> str:
+        thumbs = report_pages.Thumbs(Path(crops_dir) if crops_dir else None, folder)
+        sections = [split_section(s, labels, folder, thumbs, locations) for s in splits]
         nav = ' | '.join(f'<a href="#{html.escape(s.name)}">{html.escape(s.name)}</a>'
                          for s in splits)
-        page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-                f'<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>'
-                f'<h1>{html.escape(title)}</h1><p>{len(labels)} labels; splits: {nav}</p>'
-                + '\n'.join(sections) + '</body></html>\n')
-        (tmp / 'index.html').write_text(page, encoding='utf-8')
-        (tmp / REPORT_MARK).write_text('written by classification/reports.py\n')
-        mode = utils.file_mode()
-        for path in tmp.rglob('*'):
-            os.chmod(path, mode | 0o111 if path.is_dir() else mode)
-        os.chmod(tmp, mode | 0o111)
-        old = None
-        if target.exists():
-            old = target.with_name(f'.{target.name}.old')
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    logger.info('evaluation report: %s', target / 'index.html')
-    return target / 'index.html'
+        return f'<p>{len(labels)} labels; splits: {nav}</p>' + '\n'.join(sections)
+    return report_pages.write_report_folder(report_dir, title, build, 'evaluation report')
 
 
 def report_from_outputs(eval_dir: str | os.PathLike[str], report_dir: str | os.PathLike[str],

@@ -1,7 +1,6 @@
 """The evaluation report: figures, tables and crops, opened in a real headless browser."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
@@ -11,9 +10,8 @@ import pytest
 from PIL import Image
 
 from classification import reports
+from tests.browser import assert_renders, needs_browser
 from tests.conftest import REPO, snapshot
-
-CHROMIUM, DRIVER = shutil.which('chromium'), shutil.which('chromedriver')
 
 
 def test_expected_calibration_error():
@@ -46,30 +44,9 @@ def test_training_writes_the_report(trained_run):
     assert {'f1', 'count', 'predicted'} <= set(stats.columns)
 
 
-@pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
-                    reason='chromium and chromedriver are installed by make test')
+@needs_browser
 def test_the_report_renders_in_a_real_browser(trained_run):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'):
-        options.add_argument(flag)
-    options.set_capability('goog:loggingPrefs', {'browser': 'ALL'})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    try:
-        driver.get((trained_run / 'report' / 'index.html').as_uri())
-        for details in driver.find_elements('tag name', 'details'):
-            driver.execute_script('arguments[0].open = true', details)
-        images = driver.execute_script(
-            'return Array.from(document.images).map(i => [i.getAttribute("src"), '
-            'i.complete, i.naturalWidth])')
-        errors = [e for e in driver.get_log('browser') if e['level'] == 'SEVERE']
-    finally:
-        driver.quit()
-    assert len(images) >= 6
-    assert all(done and width > 0 for _, done, width in images), images
-    assert errors == []
+    assert_renders(trained_run / 'report' / 'index.html', min_images=6)
 
 
 def test_a_folder_that_is_not_a_report_is_refused(trained_run, tmp_path):
