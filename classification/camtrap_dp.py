@@ -1,0 +1,639 @@
+"""Camtrap DP 1.0 data packages from the pipeline's results.
+
+Camtrap DP (camtrap-dp.tdwg.org) is the TDWG exchange standard for camera-trap
+data that GBIF and the camera-trap platforms import: a Frictionless Data
+Package of ``datapackage.json`` (project metadata) and three CSV tables,
+``deployments.csv`` (one row per camera placement), ``media.csv`` (one row per
+photo) and ``observations.csv`` (what was seen). This module turns a Timelapse
+JSON written by merge_classification_detection_output (MegaDetector boxes with
+``classifications``) plus the photos' EXIF times and a small deployments CSV
+into such a package.
+
+Observations are at media level (``observationLevel`` = ``media``): one per
+detection box of at least the detection threshold, with its box
+(MegaDetector's normalized top-left ``[x, y, width, height]`` is Camtrap DP's
+``bboxX``/``bboxY``/``bboxWidth``/``bboxHeight``, clipped to the photo), and
+one ``blank`` observation for a photo with no box above the threshold. An
+animal box takes its classifier's top class (not the ``label: ...`` categories
+that merge --label adds) as ``scientificName`` (through the taxonomy CSV when
+given), with ``classificationMethod`` ``machine``, ``classifiedBy`` the
+classifier's name and ``classificationProbability`` its confidence; other
+boxes (person, vehicle, animals without a classification) are the detector's,
+with the detector's name and confidence.
+
+The deployments CSV (UTF-8, a header row) maps photo folders to deployments:
+
+    folder,deploymentID,latitude,longitude[,locationID][,locationName]
+        [,deploymentStart][,deploymentEnd][,cameraID][,cameraModel]
+        [,coordinateUncertainty]
+
+``folder`` is a folder of the photos (relative to the photos folder, ``/``
+separated; ``.`` for all): a photo belongs to the deployment of the longest
+folder that holds it. Latitude and longitude are WGS84 decimal degrees. Start
+and end are ISO 8601 with a time zone (``2024-05-01T12:00:00+02:00``); left
+out, they are the times of the deployment's first and last photo.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import logging
+import math
+import os
+import posixpath
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from classification import utils
+
+logger = logging.getLogger(__name__)
+
+VERSION = '1.0'
+BASE_URL = f'https://raw.githubusercontent.com/tdwg/camtrap-dp/{VERSION}'
+PROFILE_URL = f'{BASE_URL}/camtrap-dp-profile.json'
+TABLES = ('deployments', 'media', 'observations')
+STEP = 'export_camtrap_dp'
+
+# merge_classification_detection_output --label adds the true label as category
+# 1000000 + index: a person's label, not the classifier's
+LABEL_ID_OFFSET = 1_000_000
+
+# the columns each table is written with, in the standard's order
+DEPLOYMENT_FIELDS = (
+    'deploymentID', 'locationID', 'locationName', 'latitude', 'longitude',
+    'coordinateUncertainty', 'deploymentStart', 'deploymentEnd', 'setupBy', 'cameraID',
+    'cameraModel', 'cameraDelay', 'cameraHeight', 'cameraDepth', 'cameraTilt',
+    'cameraHeading', 'detectionDistance', 'timestampIssues', 'baitUse', 'featureType',
+    'habitat', 'deploymentGroups', 'deploymentTags', 'deploymentComments')
+MEDIA_FIELDS = (
+    'mediaID', 'deploymentID', 'captureMethod', 'timestamp', 'filePath', 'filePublic',
+    'fileName', 'fileMediatype', 'exifData', 'favorite', 'mediaComments')
+OBSERVATION_FIELDS = (
+    'observationID', 'deploymentID', 'mediaID', 'eventID', 'eventStart', 'eventEnd',
+    'observationLevel', 'observationType', 'cameraSetupType', 'scientificName', 'count',
+    'lifeStage', 'sex', 'behavior', 'individualID', 'individualPositionRadius',
+    'individualPositionAngle', 'individualSpeed', 'bboxX', 'bboxY', 'bboxWidth',
+    'bboxHeight', 'classificationMethod', 'classifiedBy', 'classificationTimestamp',
+    'classificationProbability', 'observationTags', 'observationComments')
+TABLE_FIELDS = {'deployments': DEPLOYMENT_FIELDS, 'media': MEDIA_FIELDS,
+                'observations': OBSERVATION_FIELDS}
+
+# the deployments CSV a user writes
+REQUIRED_COLUMNS = ('folder', 'deploymentID', 'latitude', 'longitude')
+OPTIONAL_COLUMNS = ('locationID', 'locationName', 'deploymentStart', 'deploymentEnd',
+                    'cameraID', 'cameraModel', 'coordinateUncertainty')
+TAXONOMY_COLUMNS = ('label', 'scientificName')
+TAXONOMY_OPTIONAL = ('taxonRank', 'vernacularName')
+TAXON_RANKS = ('kingdom', 'phylum', 'class', 'order', 'family', 'genus', 'species',
+               'subspecies')
+
+MEDIATYPES = {'.jpg': 'image/jpeg', '.jpeg': 'image/jpeg', '.png': 'image/png',
+              '.tif': 'image/tiff', '.tiff': 'image/tiff', '.bmp': 'image/bmp',
+              '.gif': 'image/gif', '.webp': 'image/webp'}
+# detector category names (lower case) and the observationType they become
+OBSERVATION_TYPES = {'animal': 'animal', 'person': 'human', 'human': 'human',
+                     'vehicle': 'vehicle'}
+OFFSET_RE = re.compile(r'^(Z|[+-](0\d|1[0-4]):[0-5]\d)$')
+# ISO 8601 with a time zone, as Camtrap DP writes its times
+TIME_RE = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(Z|[+-]\d\d:\d\d)$')
+
+
+class SamplingDesign(str, Enum):
+    SIMPLE_RANDOM = 'simpleRandom'
+    SYSTEMATIC_RANDOM = 'systematicRandom'
+    CLUSTERED_RANDOM = 'clusteredRandom'
+    EXPERIMENTAL = 'experimental'
+    TARGETED = 'targeted'
+    OPPORTUNISTIC = 'opportunistic'
+
+
+class CaptureMethod(str, Enum):
+    ACTIVITY_DETECTION = 'activityDetection'
+    TIME_LAPSE = 'timeLapse'
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One row of the deployments CSV."""
+    folder: tuple[str, ...]       # path parts; () is the whole photos folder
+    deployment_id: str
+    latitude: float
+    longitude: float
+    location_id: str = ''
+    location_name: str = ''
+    start: dt.datetime | None = None     # aware
+    end: dt.datetime | None = None
+    camera_id: str = ''
+    camera_model: str = ''
+    coordinate_uncertainty: int | None = None
+
+
+@dataclass(frozen=True)
+class Taxon:
+    scientific_name: str
+    rank: str = ''
+    vernacular_name: str = ''
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """What a package says about its project (the profile requires it)."""
+    title: str
+    contributor: str
+    utc_offset: str = 'Z'            # of the cameras' clocks: 'Z' or '+hh:mm'
+    threshold: float = 0.2           # detection confidence for an observation
+    sampling_design: SamplingDesign = SamplingDesign.OPPORTUNISTIC
+    capture_method: CaptureMethod = CaptureMethod.ACTIVITY_DETECTION
+    license: str | None = None       # an Open Definition id, e.g. CC-BY-4.0
+    classified_by: str | None = None  # instead of info.classifier
+    created: dt.datetime | None = None  # default: now (UTC)
+
+
+@dataclass
+class Package:
+    """A package in memory: the descriptor and the rows of each table."""
+    descriptor: dict[str, Any]
+    tables: dict[str, list[dict[str, str]]]
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- readers
+
+def _tz(offset: str) -> dt.timezone:
+    if offset == 'Z':
+        return dt.timezone.utc
+    sign = -1 if offset[0] == '-' else 1
+    return dt.timezone(sign * dt.timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6])))
+
+
+def check_utc_offset(text: str) -> str:
+    """'Z' or '+hh:mm' / '-hh:mm' (the offset of the cameras' clocks)."""
+    if not OFFSET_RE.match(text):
+        raise utils.InputError(f'{text!r}: a UTC offset is Z, +hh:mm or -hh:mm '
+                               '(e.g. +02:00)')
+    return text
+
+
+def parse_time(text: str, where: str) -> dt.datetime:
+    """An ISO 8601 date-time with a time zone (what Camtrap DP requires)."""
+    try:
+        value = dt.datetime.fromisoformat(text.strip().replace('Z', '+00:00'))
+    except ValueError as e:
+        raise utils.InputError(f'{where}: {text!r} is not an ISO 8601 date-time '
+                               '(YYYY-MM-DDThh:mm:ss+hh:mm)') from e
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise utils.InputError(f'{where}: {text!r} has no time zone (add Z or +hh:mm)')
+    return value
+
+
+def format_time(value: dt.datetime) -> str:
+    """``YYYY-MM-DDThh:mm:ss`` with ``Z`` or ``±hh:mm`` (whole seconds)."""
+    text = value.replace(microsecond=0).isoformat()
+    return text[:-6] + 'Z' if text.endswith('+00:00') else text
+
+
+def folder_parts(text: str, where: str) -> tuple[str, ...]:
+    """A photo folder as path parts; '.' (or '') is the whole photos folder."""
+    rel = text.strip().replace('\\', '/')
+    if rel in ('', '.', './'):
+        return ()
+    utils.safe_join('.', rel)     # refuses absolute paths, '..' and control characters
+    return tuple(p for p in rel.split('/') if p not in ('', '.'))
+
+
+def _number(text: str, where: str, low: float, high: float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not low <= value <= high:
+        raise utils.InputError(f'{where}: {text!r} is not a number from {low:g} to {high:g}')
+    return value
+
+
+def _csv_rows(text: str, source: str, required: Sequence[str], optional: Sequence[str]
+              ) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a small CSV a person writes: a header with the required columns,
+    no unknown or repeated column, no row longer than the header."""
+    reader = csv.reader(io.StringIO(text.lstrip('\ufeff'), newline=''))
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise utils.InputError(f'{source}: empty file; expected a header row '
+                               f'({",".join(required)})') from None
+    except csv.Error as e:
+        raise utils.InputError(f'{source}: not a CSV file ({e})') from e
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise utils.InputError(f'{source}: missing column(s) {", ".join(missing)} '
+                               f'(needs {",".join(required)})')
+    unknown = [c for c in header if c not in required and c not in optional]
+    if unknown:
+        raise utils.InputError(f'{source}: unknown column {unknown[0]!r} (known: '
+                               f'{", ".join((*required, *optional))})')
+    if len(set(header)) != len(header):
+        raise utils.InputError(f'{source}: a column is named twice')
+    rows = []
+    try:
+        for n, cells in enumerate(reader, start=2):
+            if not any(c.strip() for c in cells):
+                continue
+            if len(cells) > len(header):
+                raise utils.InputError(f'{source}: line {n} has {len(cells)} cells, the '
+                                       f'header {len(header)}')
+            cells = cells + [''] * (len(header) - len(cells))
+            rows.append((n, {h: c.strip() for h, c in zip(header, cells, strict=True)}))
+    except csv.Error as e:
+        raise utils.InputError(f'{source}: not a CSV file ({e})') from e
+    if not rows:
+        raise utils.InputError(f'{source}: no rows under the header')
+    return rows
+
+
+def parse_deployments(text: str, source: str = 'deployments CSV') -> list[Deployment]:
+    """The deployments CSV (module docstring), checked: InputError naming the line
+    and the cell for anything wrong."""
+    out: list[Deployment] = []
+    ids: set[str] = set()
+    folders: set[tuple[str, ...]] = set()
+    for n, row in _csv_rows(text, source, REQUIRED_COLUMNS, OPTIONAL_COLUMNS):
+        where = f'{source}: line {n}'
+        dep_id = row['deploymentID']
+        if not dep_id:
+            raise utils.InputError(f'{where}: empty deploymentID')
+        if dep_id in ids:
+            raise utils.InputError(f'{where}: deploymentID {dep_id!r} is given twice')
+        folder = folder_parts(row['folder'], f'{where}: folder')
+        if folder in folders:
+            raise utils.InputError(f'{where}: folder {row["folder"]!r} is given twice')
+        lat = _number(row['latitude'], f'{where}: latitude', -90, 90)
+        lon = _number(row['longitude'], f'{where}: longitude', -180, 180)
+        start = (parse_time(row['deploymentStart'], f'{where}: deploymentStart')
+                 if row.get('deploymentStart') else None)
+        end = (parse_time(row['deploymentEnd'], f'{where}: deploymentEnd')
+               if row.get('deploymentEnd') else None)
+        if start is not None and end is not None and end < start:
+            raise utils.InputError(f'{where}: deploymentEnd is before deploymentStart')
+        uncertainty = None
+        if row.get('coordinateUncertainty'):
+            text_u = row['coordinateUncertainty']
+            if not re.fullmatch(r'[0-9]+', text_u) or int(text_u) < 1:
+                raise utils.InputError(f'{where}: coordinateUncertainty {text_u!r} is not a '
+                                       'whole number of meters, at least 1')
+            uncertainty = int(text_u)
+        ids.add(dep_id)
+        folders.add(folder)
+        out.append(Deployment(folder, dep_id, lat, lon, row.get('locationID', ''),
+                              row.get('locationName', ''), start, end,
+                              row.get('cameraID', ''), row.get('cameraModel', ''),
+                              uncertainty))
+    return out
+
+
+def read_deployments(path: str | os.PathLike[str]) -> list[Deployment]:
+    with utils.open_input_text(path) as f:
+        return parse_deployments(f.read(), str(path))
+
+
+def parse_taxonomy(text: str, source: str = 'taxonomy CSV') -> dict[str, Taxon]:
+    """``label,scientificName[,taxonRank][,vernacularName]``: {classifier label: taxon}."""
+    out: dict[str, Taxon] = {}
+    for n, row in _csv_rows(text, source, TAXONOMY_COLUMNS, TAXONOMY_OPTIONAL):
+        where = f'{source}: line {n}'
+        if not row['label'] or not row['scientificName']:
+            raise utils.InputError(f'{where}: empty label or scientificName')
+        if row['label'] in out:
+            raise utils.InputError(f'{where}: label {row["label"]!r} is given twice')
+        rank = row.get('taxonRank', '')
+        if rank and rank not in TAXON_RANKS:
+            raise utils.InputError(f'{where}: taxonRank {rank!r} is not one of '
+                                   f'{", ".join(TAXON_RANKS)}')
+        out[row['label']] = Taxon(row['scientificName'], rank, row.get('vernacularName', ''))
+    return out
+
+
+def read_taxonomy(path: str | os.PathLike[str]) -> dict[str, Taxon]:
+    with utils.open_input_text(path) as f:
+        return parse_taxonomy(f.read(), str(path))
+
+
+# ---------------------------------------------------------------- building
+
+def deployment_of(file: str, deployments: Sequence[Deployment]) -> Deployment | None:
+    """The deployment whose folder is the longest one holding ``file``."""
+    parts = tuple(p for p in posixpath.normpath(file.replace('\\', '/')).split('/')
+                  if p not in ('', '.'))
+    best: Deployment | None = None
+    for dep in deployments:
+        if parts[:len(dep.folder)] == dep.folder and len(dep.folder) < len(parts):
+            if best is None or len(dep.folder) > len(best.folder):
+                best = dep
+    return best
+
+
+def media_id(file: str) -> str:
+    """A stable identifier of a photo (the same file gets the same id every run)."""
+    return 'm' + hashlib.sha256(file.encode('utf-8')).hexdigest()[:16]
+
+
+def _num(value: float) -> str:
+    """A number as the CSV writes it: at most 6 decimals, no trailing zeros."""
+    text = f'{value:.6f}'.rstrip('0').rstrip('.')
+    return '0' if text in ('', '-0') else text
+
+
+def camtrap_bbox(bbox: Sequence[float]) -> tuple[float, float, float, float] | None:
+    """MegaDetector's normalized ``[x_min, y_min, width, height]`` (origin at the top
+    left, as in Camtrap DP) clipped to the photo; None for a box with no area left."""
+    x, y, w, h = (float(v) for v in bbox)
+    x0, y0 = min(max(x, 0.0), 1.0), min(max(y, 0.0), 1.0)
+    x1, y1 = min(max(x + w, 0.0), 1.0), min(max(y + h, 0.0), 1.0)
+    # rounded as written, so that x + width stays within 1 in the CSV too
+    bx, by = round(x0, 6), round(y0, 6)
+    bw, bh = round(min(x1 - x0, 1.0 - bx), 6), round(min(y1 - y0, 1.0 - by), 6)
+    if bw <= 0 or bh <= 0:
+        return None
+    return bx, by, bw, bh
+
+
+def top_classification(det: Mapping[str, Any], source: str, file: str
+                       ) -> tuple[str, float] | None:
+    """The classifier's most confident [category id, confidence] of a detection,
+    leaving out merge --label's true-label entries; None when there is none."""
+    best: tuple[str, float] | None = None
+    for entry in det.get('classifications') or []:
+        if (not isinstance(entry, list) or len(entry) != 2
+                or isinstance(entry[1], bool) or not isinstance(entry[1], (int, float))):
+            raise utils.InputError(f'{source}: {file}: a classification is not '
+                                   '[category id, confidence]')
+        cat, conf = str(entry[0]), float(entry[1])
+        if not (math.isfinite(conf) and 0 <= conf <= 1):
+            raise utils.InputError(f'{source}: {file}: classification confidence {conf!r} '
+                                   'is not from 0 to 1 (a merge --relative-conf file? '
+                                   'export one merged without it)')
+        if cat.isdigit() and int(cat) >= LABEL_ID_OFFSET:
+            continue
+        if best is None or conf > best[1]:
+            best = (cat, conf)
+    return best
+
+
+def _blank_row(fields: Sequence[str]) -> dict[str, str]:
+    return dict.fromkeys(fields, '')
+
+
+def build_package(doc: Mapping[str, Any], times: Mapping[str, dt.datetime | None],
+                  deployments: Sequence[Deployment], settings: ExportSettings,
+                  taxonomy: Mapping[str, Taxon] | None = None, source: str = 'detections JSON'
+                  ) -> Package:
+    """The package of a checked Timelapse JSON ``doc``: ``times`` holds each photo's
+    (naive, camera clock) time or None. Photos with no time, no deployment, a
+    detector failure or an unknown file type are left out and listed in
+    ``failures``. Raises InputError when nothing is left or the inputs disagree."""
+    tz = _tz(check_utc_offset(settings.utc_offset))
+    det_cats = {str(k): str(v) for k, v in
+                (doc.get('detection_categories') or {'1': 'animal', '2': 'person',
+                                                     '3': 'vehicle'}).items()}
+    cls_cats = {str(k): str(v) for k, v in (doc.get('classification_categories') or {}).items()}
+    info = doc.get('info')
+    info = info if isinstance(info, dict) else {}
+    detector = str(info.get('detector') or 'MegaDetector')
+    classifier = settings.classified_by or str(info.get('classifier') or 'classifier')
+    taxonomy = taxonomy or {}
+    failures: dict[str, str] = {}
+    media: list[dict[str, str]] = []
+    observations: list[dict[str, str]] = []
+    dep_times: dict[str, list[dt.datetime]] = {}
+    taxa: dict[str, Taxon] = {}
+    unknown_labels: set[str] = set()
+    seen_ids: dict[str, str] = {}
+    for img in doc['images']:
+        file = img['file']
+        if img.get('failure'):
+            failures[file] = f'detector failure: {img["failure"]}'
+            continue
+        dep = deployment_of(file, deployments)
+        if dep is None:
+            failures[file] = 'in no folder of the deployments CSV'
+            continue
+        naive = times.get(file)
+        if naive is None:
+            failures[file] = ('no photo time (file missing or unreadable, or no EXIF '
+                              'DateTimeOriginal/DateTime)')
+            continue
+        mediatype = MEDIATYPES.get(posixpath.splitext(file)[1].lower())
+        if mediatype is None:
+            failures[file] = 'not a photo type Camtrap DP media are written for'
+            continue
+        mid = media_id(file)
+        if mid in seen_ids:     # two paths hashing alike: keep the ids unique
+            raise utils.InputError(f'{source}: {file} and {seen_ids[mid]} get the same '
+                                   'mediaID')
+        seen_ids[mid] = file
+        stamp = naive.replace(tzinfo=tz)
+        when = format_time(stamp)
+        dep_times.setdefault(dep.deployment_id, []).append(stamp)
+        media.append({**_blank_row(MEDIA_FIELDS), 'mediaID': mid,
+                      'deploymentID': dep.deployment_id,
+                      'captureMethod': settings.capture_method.value, 'timestamp': when,
+                      'filePath': posixpath.normpath(file.replace('\\', '/')),
+                      'filePublic': 'false', 'fileName': posixpath.basename(file),
+                      'fileMediatype': mediatype})
+        base = {**_blank_row(OBSERVATION_FIELDS), 'deploymentID': dep.deployment_id,
+                'mediaID': mid, 'eventStart': when, 'eventEnd': when,
+                'observationLevel': 'media', 'classificationMethod': 'machine'}
+        boxes = 0
+        for idx, det in enumerate(img.get('detections') or []):
+            if det['conf'] < settings.threshold:
+                continue
+            cat_name = det_cats.get(str(det['category']), '').lower()
+            row = {**base, 'observationID': f'{mid}-{idx}',
+                   'observationType': OBSERVATION_TYPES.get(cat_name, 'unknown'),
+                   'classifiedBy': detector,
+                   'classificationProbability': _num(float(det['conf']))}
+            box = camtrap_bbox(det['bbox'])
+            if box is not None:
+                row.update(zip(('bboxX', 'bboxY', 'bboxWidth', 'bboxHeight'),
+                               map(_num, box), strict=True))
+            if row['observationType'] in ('animal', 'human'):
+                row['count'] = '1'
+            top = top_classification(det, source, file) if cat_name == 'animal' else None
+            if top is not None:
+                label = cls_cats.get(top[0])
+                if label is None:
+                    raise utils.InputError(f'{source}: {file}: classification category '
+                                           f'{top[0]!r} is not in classification_categories')
+                taxon = taxonomy.get(label)
+                if taxon is None:
+                    unknown_labels.add(label)
+                    taxon = Taxon(label)
+                taxa[taxon.scientific_name] = taxon
+                row.update({'scientificName': taxon.scientific_name, 'classifiedBy': classifier,
+                            'classificationProbability': _num(top[1])})
+            observations.append(row)
+            boxes += 1
+        if boxes == 0:
+            observations.append({**base, 'observationID': f'{mid}-blank',
+                                 'observationType': 'blank', 'classifiedBy': detector})
+    if not media:
+        reasons: dict[str, int] = {}
+        for why in failures.values():
+            reasons[why.split(':')[0]] = reasons.get(why.split(':')[0], 0) + 1
+        summary = '; '.join(f'{n} {why}' for why, n in sorted(reasons.items()))
+        raise utils.InputError(f'{source}: no photo could be exported '
+                               f'({summary or "the file lists no photos"}): check '
+                               '--images-dir and the deployments CSV')
+    if taxonomy and unknown_labels:
+        logger.warning('labels not in the taxonomy CSV, written as scientificName as they '
+                       'are: %s', ', '.join(sorted(unknown_labels)))
+    dep_rows = []
+    for dep in deployments:
+        stamps = dep_times.get(dep.deployment_id, [])
+        start = dep.start or (min(stamps) if stamps else None)
+        end = dep.end or (max(stamps) if stamps else None)
+        if start is None or end is None:
+            logger.warning('deployment %s: no photos and no start/end given; left out',
+                           dep.deployment_id)
+            continue
+        if stamps and (min(stamps) < start or max(stamps) > end):
+            logger.warning('deployment %s: photos taken outside deploymentStart..End',
+                           dep.deployment_id)
+        dep_rows.append({**_blank_row(DEPLOYMENT_FIELDS), 'deploymentID': dep.deployment_id,
+                         'locationID': dep.location_id, 'locationName': dep.location_name,
+                         'latitude': _num(dep.latitude), 'longitude': _num(dep.longitude),
+                         'coordinateUncertainty': ('' if dep.coordinate_uncertainty is None
+                                                   else str(dep.coordinate_uncertainty)),
+                         'deploymentStart': format_time(start),
+                         'deploymentEnd': format_time(end), 'cameraID': dep.camera_id,
+                         'cameraModel': dep.camera_model})
+    descriptor = package_descriptor(dep_rows, media, taxa, settings)
+    return Package(descriptor, {'deployments': dep_rows, 'media': media,
+                                'observations': observations}, failures)
+
+
+def _spatial(dep_rows: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+    """GeoJSON of the deployments: their point, or the box around them."""
+    lats = [float(r['latitude']) for r in dep_rows]
+    lons = [float(r['longitude']) for r in dep_rows]
+    if min(lats) == max(lats) and min(lons) == max(lons):
+        return {'type': 'Point', 'coordinates': [lons[0], lats[0]]}
+    w, e, s, n = min(lons), max(lons), min(lats), max(lats)
+    return {'type': 'Polygon', 'coordinates': [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
+
+
+def package_descriptor(dep_rows: Sequence[Mapping[str, str]],
+                       media: Sequence[Mapping[str, str]], taxa: Mapping[str, Taxon],
+                       settings: ExportSettings) -> dict[str, Any]:
+    """datapackage.json: the Camtrap DP profile's required metadata and the three
+    resources, each pointing at its table schema."""
+    created = settings.created or dt.datetime.now(dt.timezone.utc)
+    starts = sorted(r['deploymentStart'] for r in dep_rows)
+    ends = sorted(r['deploymentEnd'] for r in dep_rows)
+    dates = sorted(parse_time(t, 'time').date() for t in (*starts, *ends))
+    taxonomic = []
+    for name in sorted(taxa):
+        taxon = taxa[name]
+        entry: dict[str, Any] = {'scientificName': name}
+        if taxon.rank:
+            entry['taxonRank'] = taxon.rank
+        if taxon.vernacular_name:
+            entry['vernacularNames'] = {'eng': taxon.vernacular_name}
+        taxonomic.append(entry)
+    desc: dict[str, Any] = {
+        'name': re.sub(r'[^a-z0-9._/-]+', '-', settings.title.lower()).strip('-') or 'camtrap-dp',
+        'title': settings.title,
+        'profile': PROFILE_URL,
+        'created': format_time(created),
+        'contributors': [{'title': settings.contributor, 'role': 'contact'}],
+        'sources': [{'title': 'camera-trap-classifier (MegaDetector boxes, species '
+                              'classifier)'}],
+        'project': {'title': settings.title,
+                    'samplingDesign': settings.sampling_design.value,
+                    'captureMethod': [settings.capture_method.value],
+                    'individualAnimals': False,
+                    'observationLevel': ['media']},
+        'spatial': _spatial(dep_rows),
+        'temporal': {'start': dates[0].isoformat(), 'end': dates[-1].isoformat()},
+        'taxonomic': taxonomic,
+        'resources': [{'name': name, 'path': f'{name}.csv',
+                       'profile': 'tabular-data-resource', 'format': 'csv',
+                       'mediatype': 'text/csv', 'encoding': 'utf-8',
+                       'schema': f'{BASE_URL}/{name}-table-schema.json'} for name in TABLES],
+    }
+    if settings.license:
+        desc['licenses'] = [{'name': settings.license, 'scope': 'data'}]
+    logger.info('package: %d deployments, %d media', len(dep_rows), len(media))
+    return desc
+
+
+# ---------------------------------------------------------------- writing
+
+def is_package_dir(path: Path) -> bool:
+    """A folder this step wrote: datapackage.json with the Camtrap DP profile and
+    nothing but the package's files."""
+    try:
+        desc = utils.read_json(path / 'datapackage.json')
+    except (utils.InputError, OSError):
+        return False
+    names = {p.name for p in path.iterdir()}
+    return (isinstance(desc, dict) and desc.get('profile') == PROFILE_URL
+            and names <= {'datapackage.json', *(f'{t}.csv' for t in TABLES)})
+
+
+def check_output_dir(path: str | os.PathLike[str]) -> Path:
+    """Refuses an output that exists and is not a package this step wrote (it is
+    replaced)."""
+    target = Path(path)
+    if target.exists() and not (target.is_dir() and is_package_dir(target)):
+        raise utils.InputError(f'{target}: exists and is not a Camtrap DP package written '
+                               'by this step; give another output folder or move it away')
+    return target
+
+
+def table_text(rows: Iterable[Mapping[str, str]], fields: Sequence[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator='\n')
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_package(package: Package, output_dir: str | os.PathLike[str]) -> Path:
+    """Writes the package into a temporary folder beside ``output_dir`` and renames
+    it there (replacing an older package only), with the umask's modes."""
+    import json
+    target = check_output_dir(output_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{target.name}.', dir=target.parent))
+    try:
+        for name in TABLES:
+            (tmp / f'{name}.csv').write_text(table_text(package.tables[name],
+                                                        TABLE_FIELDS[name]),
+                                             encoding='utf-8', newline='')
+        (tmp / 'datapackage.json').write_text(
+            json.dumps(package.descriptor, indent=2, ensure_ascii=False) + '\n',
+            encoding='utf-8')
+        mode = utils.file_mode()
+        for p in tmp.iterdir():
+            os.chmod(p, mode)
+        os.chmod(tmp, mode | 0o111)
+        old = None
+        if target.exists():
+            old = target.with_name(f'.{target.name}.old')
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

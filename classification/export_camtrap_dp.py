@@ -1,0 +1,132 @@
+r"""Export classified photos as a Camtrap DP 1.0 data package (for GBIF and the
+camera-trap platforms).
+
+Reads the Timelapse JSON of merge_classification_detection_output (MegaDetector
+boxes with ``classifications``), the photos (for their EXIF times: Camtrap DP
+needs when each photo was taken) and a deployments CSV that places each camera
+folder (see classification/camtrap_dp.py for its columns), and writes the
+folder OUTPUT_DIR:
+
+    datapackage.json   package metadata (Camtrap DP profile 1.0): project,
+                       contributor, spatial/temporal/taxonomic coverage
+    deployments.csv    one row per deployment; start/end from the CSV, else the
+                       times of its first and last photo
+    media.csv          one row per photo (timestamp, filePath relative to the
+                       photos folder)
+    observations.csv   media-level observations: one per box of at least
+                       --threshold (animal/human/vehicle with its bbox; an
+                       animal's scientificName and classificationProbability
+                       from the classifier's top class), one 'blank' per photo
+                       without a box
+
+The folder is written under a temporary name and renamed; an existing folder
+is replaced only when it is a package this step wrote. Photos with no EXIF
+time, in no deployment folder or failed by the detector are left out and
+listed in ``<logdir>/export_camtrap_dp_log_<time>.json``. Camera clocks carry
+no time zone: --utc-offset gives theirs.
+
+Example:
+    python -m classification.export_camtrap_dp merged.json camtrap_dp \
+        --images-dir photos --deployments deployments.csv \
+        --title "Forest survey 2024" --contributor "Jane Doe" --utc-offset +02:00 \
+        --taxonomy taxa.csv --threshold 0.2
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+from classification import camtrap_dp, photo_times, utils
+from detection.detector_output import read_document
+
+logger = logging.getLogger(__name__)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = utils.make_parser(__doc__)
+    parser.add_argument('detections_json',
+                        help="merge_classification_detection_output's JSON, or '-'")
+    parser.add_argument('output_dir', help='the package folder to write')
+    parser.add_argument('-i', '--images-dir', required=True,
+                        help='folder the photo paths of the JSON are relative to')
+    parser.add_argument('-d', '--deployments', required=True,
+                        help='CSV: folder,deploymentID,latitude,longitude[,...]')
+    parser.add_argument('--title', required=True, help='project title')
+    parser.add_argument('--contributor', required=True,
+                        help='the contact person or organization')
+    parser.add_argument('--utc-offset', type=_offset, required=True,
+                        help="time zone of the cameras' clocks: Z, +hh:mm or -hh:mm")
+    parser.add_argument('--taxonomy',
+                        help='CSV label,scientificName[,taxonRank][,vernacularName] '
+                             '(default: the classifier labels as they are)')
+    parser.add_argument('-t', '--threshold', type=utils.probability, default=0.2,
+                        help='detection confidence for an observation (default: 0.2)')
+    parser.add_argument('--sampling-design', default='opportunistic',
+                        choices=[s.value for s in camtrap_dp.SamplingDesign],
+                        help='the project\'s sampling design (default: opportunistic)')
+    parser.add_argument('--capture-method', default='activityDetection',
+                        choices=[c.value for c in camtrap_dp.CaptureMethod],
+                        help='how the cameras took photos (default: activityDetection)')
+    parser.add_argument('--license', help='data licence, e.g. CC-BY-4.0 or CC0-1.0')
+    parser.add_argument('--classified-by',
+                        help='classifier name for classifiedBy (default: info.classifier)')
+    parser.add_argument('--threads', type=utils.positive_int, default=8,
+                        help='threads reading EXIF times (default: 8)')
+    parser.add_argument('--logdir', default='.',
+                        help='folder for the failure log (default: .)')
+    return parser.parse_args(argv)
+
+
+def _offset(text: str) -> str:
+    try:
+        return camtrap_dp.check_utc_offset(text)
+    except utils.InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    utils.setup_logging()
+    utils.check_one_stdin(args.detections_json, args.deployments, args.taxonomy)
+    camtrap_dp.check_output_dir(args.output_dir)
+    deployments = camtrap_dp.read_deployments(args.deployments)
+    taxonomy = camtrap_dp.read_taxonomy(args.taxonomy) if args.taxonomy else None
+    doc = read_document(args.detections_json)
+    settings = camtrap_dp.ExportSettings(
+        title=args.title, contributor=args.contributor, utc_offset=args.utc_offset,
+        threshold=args.threshold,
+        sampling_design=camtrap_dp.SamplingDesign(args.sampling_design),
+        capture_method=camtrap_dp.CaptureMethod(args.capture_method),
+        license=args.license, classified_by=args.classified_by)
+    unsafe: dict[str, str] = {}
+    readable = []
+    for img in doc['images']:
+        try:
+            utils.safe_join(args.images_dir, img['file'])
+            readable.append(img['file'])
+        except utils.InputError as e:
+            unsafe[img['file']] = str(e)
+    times = photo_times.photo_times(args.images_dir, readable, args.threads)
+    doc = {**doc, 'images': [img for img in doc['images'] if img['file'] not in unsafe]}
+    package = camtrap_dp.build_package(doc, times, deployments, settings, taxonomy,
+                                       source=args.detections_json)
+    failures = {**unsafe, **package.failures}
+    utils.writable_dir(args.logdir)
+    camtrap_dp.write_package(package, args.output_dir)
+    tables = package.tables
+    log = utils.write_failure_log(
+        args.logdir, camtrap_dp.STEP,
+        {'images': len(doc['images']) + len(unsafe), 'media': len(tables['media']),
+         'observations': len(tables['observations']), 'failed': len(failures)},
+        failures)
+    for name, why in list(failures.items())[:20]:
+        logger.warning('%s: %s', name, why)
+    logger.info('wrote %s: %d deployments, %d media, %d observations; %d photos left out '
+                '(%s)', args.output_dir, len(tables['deployments']), len(tables['media']),
+                len(tables['observations']), len(failures), log)
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(utils.run_cli(main))
