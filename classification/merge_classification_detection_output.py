@@ -33,6 +33,28 @@ Example:
         --detector-output-cache-dir mdcache --detector-version 5a \
         --output-json outputs_test.json --classifier-name mine --label last
 
+Taxonomy (classification/rollup.py has the rules):
+- --taxonomy-csv with --label-spec adds ``classification_category_descriptions``
+  ({id: taxonomy string, root first, ";"-separated, e.g.
+  "animalia;chordata;mammalia;carnivora;canidae;vulpes"}) for every category; a
+  label outside the taxonomy is described by its own name.
+- --rollup-threshold T: a detection whose top label is below T gets, first in
+  its list, the lowest taxon whose labels' summed probability reaches T: category
+  ``2000000 + index`` (named by the taxon, e.g. "canidae"), with that sum; the
+  categories list the taxa a rollup can answer (two labels or more below). The
+  label entries follow as without the rollup. Detections whose top label reaches
+  T, or for which no taxon does, keep their list as it is.
+  --rollup-max-level (e.g. class) keeps taxa above that level out.
+- --allow-list FILE: labels allowed per location (a photo's longest listed
+  folder prefix, or "*"); other labels get 0, the rest are rescaled to sum to 1,
+  before the threshold and the rollup. The listed confidences are the rescaled ones.
+
+    python -m classification.merge_classification_detection_output \
+        classifier_output.csv.gz label_index.json --detection-json detections.json \
+        --output-json merged.json --classifier-name mine \
+        --taxonomy-csv taxonomy.csv --label-spec label_spec.json \
+        --rollup-threshold 0.8 --allow-list allowed_labels.csv
+
 Inputs: the CSV, or '-' for stdin; its label index JSON. Output: the merged
 JSON, or '-' for stdout.
 """
@@ -47,7 +69,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from classification import classifier_output, utils
+from classification import classifier_output, rollup, utils
+from classification.taxonomy import TAXONOMY_LEVELS
 from detection.detector_output import (
     DEFAULT_DETECTION_CATEGORIES,
     FORMAT_VERSION,
@@ -60,6 +83,7 @@ from detection.detector_output import (
 logger = logging.getLogger(__name__)
 
 LABEL_ID_OFFSET = 1_000_000
+TAXON_ID_OFFSET = 2_000_000
 
 
 def _version_tuple(v: Any) -> tuple[int, ...]:
@@ -198,16 +222,83 @@ def queried_images_document(crop_paths: pd.Series, queried: Mapping[str, Any], c
             'images': [images[k] for k in sorted(images)]}
 
 
+def apply_taxonomy(probs_df: pd.DataFrame, images: pd.Series, label_names: Sequence[str],
+                   options: rollup.RollupOptions, relative_conf: bool = False
+                   ) -> tuple[pd.DataFrame, rollup.RollupResult | None]:
+    """The allow-list applied to the probability columns (a new table), and the
+    rollup of each row (None without a rollup threshold)."""
+    if options.allow_list is None and options.threshold is None:
+        return probs_df, None
+    if relative_conf:
+        raise utils.InputError('--relative-conf cannot be combined with --allow-list or '
+                               '--rollup-threshold')
+    if not any(c not in classifier_output.NOT_PROBABILITIES for c in probs_df.columns):
+        raise utils.InputError('--allow-list and --rollup-threshold need a probability column '
+                               'per label in the classification CSV')
+    missing = [n for n in label_names if n not in probs_df.columns]
+    if missing:
+        raise utils.InputError('classification CSV: its probability columns do not match the '
+                               f'label index (missing: {missing[:5]})')
+    probs = probs_df[list(label_names)].to_numpy(dtype=np.float64)
+    if not np.isfinite(probs).all():
+        raise utils.InputError('classification CSV: probabilities must be numbers')
+    if options.allow_list is not None:
+        probs, unmatched, emptied = rollup.apply_allow_list(probs, images, label_names,
+                                                            options.allow_list)
+        if unmatched:
+            logger.warning('allow-list: %d crop(s) of photos at no listed location, left '
+                           'unfiltered', unmatched)
+        if emptied:
+            logger.warning('allow-list: %d crop(s) had probability only for labels not '
+                           'allowed at their location; they get no classification', emptied)
+        probs_df = probs_df.copy()
+        probs_df[list(label_names)] = probs
+    result = None
+    if options.threshold is not None:
+        lt = options.label_taxa
+        if lt is None or list(lt.labels) != list(label_names):
+            raise utils.InputError('the rollup needs the taxa of the label index\'s labels '
+                                   '(--taxonomy-csv and --label-spec)')
+        result = rollup.rollup(probs, lt, options.threshold, options.max_level)
+        counts = np.bincount(result.code, minlength=3)
+        logger.info('rollup at %.2f: %d crop(s) keep their label, %d rolled up to a taxon, '
+                    '%d reach no taxon', options.threshold, counts[0], counts[1], counts[2])
+    return probs_df, result
+
+
+def _descriptions(categories: Mapping[str, str], lt: rollup.LabelTaxa) -> dict[str, str]:
+    out = {}
+    for key in categories:
+        i = int(key)
+        if i >= TAXON_ID_OFFSET:
+            out[key] = lt.taxa[i - TAXON_ID_OFFSET].description
+        else:
+            out[key] = lt.label_description(i % LABEL_ID_OFFSET)
+    return out
+
+
 def merge(probs_df: pd.DataFrame, label_names: Sequence[str], detections: Mapping[str, Any],
           threshold: float, classifier_name: str, typical_threshold: float | None = None,
-          label_pos: str | None = None, relative_conf: bool = False) -> dict[str, Any]:
+          label_pos: str | None = None, relative_conf: bool = False,
+          options: rollup.RollupOptions | None = None) -> dict[str, Any]:
     """Returns a new detections document with classifications; no files, no printing.
 
+    With ``options``: descriptions of the categories, the allow-list applied, and
+    a rolled-up taxon (category ``2000000 + index``) first in the list of each
+    detection whose top label is below the rollup threshold.
     Raises InputError naming a crop path that matches no detection.
     """
+    options = options or rollup.RollupOptions()
     parsed = _parse_paths(probs_df['path'])
     check_crop_versions(parsed, detections)
+    probs_df, rolled = apply_taxonomy(probs_df, parsed['image'], label_names, options,
+                                      relative_conf)
     lists = classification_lists(probs_df, label_names, threshold, label_pos, relative_conf)
+    if rolled is not None:
+        at = 1 if label_pos == 'first' else 0
+        for row in np.flatnonzero(rolled.code == 1).tolist():
+            lists[row].insert(at, [str(TAXON_ID_OFFSET + int(rolled.taxon[row])),
+                                   round(float(rolled.prob[row]), 4)])
     # copy only what gets changed: the image and detection dicts (not boxes, not extras)
     out = dict(detections)
     out['images'] = [{**img, 'detections': [dict(d) for d in img['detections']]}
@@ -226,16 +317,26 @@ def merge(probs_df: pd.DataFrame, label_names: Sequence[str], detections: Mappin
         info['format_version'] = FORMAT_VERSION
     info['classifier'] = classifier_name
     info['classification_completion_time'] = time.strftime('%Y-%m-%d %H:%M:%S')
-    if typical_threshold is not None:
+    if typical_threshold is not None or options.threshold is not None:
         meta = dict(info.get('classifier_metadata') or {})
-        meta['typical_classification_threshold'] = typical_threshold
+        if typical_threshold is not None:
+            meta['typical_classification_threshold'] = typical_threshold
+        if options.threshold is not None:
+            meta['taxonomic_rollup_threshold'] = options.threshold
         info['classifier_metadata'] = meta
     out['info'] = info
     categories = utils.label_index_dict(label_names)
     if label_pos is not None or not all(n in probs_df.columns for n in label_names):
         categories.update({str(i + LABEL_ID_OFFSET): f'label: {n}'
                            for i, n in enumerate(label_names)})
+    if rolled is not None and options.label_taxa is not None:
+        answerable = options.label_taxa.answerable()
+        categories.update({str(TAXON_ID_OFFSET + k): t.name
+                           for k, t in enumerate(options.label_taxa.taxa) if answerable[k]})
     out['classification_categories'] = categories
+    if options.label_taxa is not None:
+        out['classification_category_descriptions'] = _descriptions(categories,
+                                                                    options.label_taxa)
     logger.info('merged classifications into %d detections', len(probs_df))
     return out
 
@@ -295,7 +396,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='confidence minus the true label\'s confidence (floored at 0)')
     parser.add_argument('--json-indent', type=utils.nonneg_int,
                         help='indent the output JSON (default: compact, fastest)')
+    tax = parser.add_argument_group('taxonomy (see classification/rollup.py)')
+    tax.add_argument('--taxonomy-csv',
+                     help='taxonomy CSV; with --label-spec, writes '
+                          'classification_category_descriptions')
+    tax.add_argument('--label-spec',
+                     help='label specification (JSON, or CSV by its suffix) of the '
+                          'classifier\'s labels')
+    tax.add_argument('--rollup-threshold', type=utils.probability,
+                     help='when no label reaches this probability, put first the lowest taxon '
+                          'whose labels\' summed probability does (needs --taxonomy-csv and '
+                          '--label-spec)')
+    tax.add_argument('--rollup-max-level', choices=TAXONOMY_LEVELS, metavar='LEVEL',
+                     help='with --rollup-threshold: never roll up above this level')
+    tax.add_argument('--allow-list',
+                     help='labels allowed per location (CSV location,label or JSON '
+                          '{location: [labels]}); others are zeroed and the rest rescaled')
     args = parser.parse_args(argv)
+    if (args.taxonomy_csv is None) != (args.label_spec is None):
+        parser.error('--taxonomy-csv and --label-spec go together')
+    if args.rollup_threshold is not None and args.taxonomy_csv is None:
+        parser.error('--rollup-threshold needs --taxonomy-csv and --label-spec')
+    if args.rollup_max_level is not None and args.rollup_threshold is None:
+        parser.error('--rollup-max-level needs --rollup-threshold')
+    if args.relative_conf and (args.rollup_threshold is not None or args.allow_list):
+        parser.error('--relative-conf cannot be combined with --rollup-threshold or '
+                     '--allow-list')
     if (args.detection_json is None) == (args.queried_images_json is None):
         parser.error('give exactly one of --detection-json and --queried-images-json')
     if args.queried_images_json and not (args.detector_output_cache_dir
@@ -309,7 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
     utils.check_one_stdin(args.classification_csv, args.label_names_json, args.detection_json,
-                          args.queried_images_json)
+                          args.queried_images_json, args.taxonomy_csv, args.label_spec,
+                          args.allow_list)
     df = classifier_output.read_outputs(args.classification_csv,
                                         dtype={'path': str, 'label': str})
     # read after the classifications: in a pipe, the step before writes this file
@@ -317,6 +444,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = utils.load_label_index(args.label_names_json)
     if 'path' not in df.columns:
         raise utils.InputError(f'{args.classification_csv[0]}: no "path" column')
+    options = rollup.RollupOptions(
+        label_taxa=(rollup.load_label_taxa(labels, args.label_spec, args.taxonomy_csv)
+                    if args.taxonomy_csv else None),
+        threshold=args.rollup_threshold, max_level=args.rollup_max_level,
+        allow_list=rollup.read_allow_list(args.allow_list, labels) if args.allow_list else None)
     df = select_rows(df, args.datasets, args.samples_per_label, args.seed)
     if args.detection_json:
         detections = read_document(args.detection_json)
@@ -327,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                              args.detector_output_cache_dir,
                                              args.detector_version)
     merged = merge(df, labels, detections, args.threshold, args.classifier_name,
-                   args.typical_confidence_threshold, args.label, args.relative_conf)
+                   args.typical_confidence_threshold, args.label, args.relative_conf, options)
     utils.write_json(merged, args.output_json, indent=args.json_indent)
     if args.output_json != '-':
         logger.info('wrote %d images to %s', len(merged['images']), args.output_json)
