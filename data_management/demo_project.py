@@ -4,7 +4,11 @@ Draws full-size camera-trap photos procedurally: two datasets, a dozen or more
 camera locations each with its own scenery, five animal classes whose shape,
 colour and texture differ (deer, fox, rabbit, turkey, skunk) while size, pose,
 position and lighting vary; grayscale night frames, EXIF-rotated photos,
-sequences of 1-3 frames and empty frames. Deterministic for a seed.
+sequences of 1-3 frames and empty frames. Every photo carries its EXIF
+DateTimeOriginal (the frames of a sequence seconds apart, sequences at one
+camera hours apart). The new photos come in sequences of 2-5 frames of one
+animal (or none) at one camera, frames 1-3 s apart, sequences at a camera 10
+minutes to 4 hours apart. Deterministic for a seed.
 
 Example:
     python -m data_management.demo_project demo_output/project --seed 0 \
@@ -22,11 +26,16 @@ Writes under OUTPUT_DIR:
     new_photos/images/...          unlabeled photos from new locations
     new_photos/detections.json     MegaDetector output for them
     new_photos/ground_truth.json   {file: class} for checking the classifier
+    new_photos/coco.json           COCO Camera Traps JSON of the new photos: their
+                                   camera (location), sequence (seq_id, frame_num),
+                                   time and true class (categories: 'empty' and
+                                   the classes), for checking sequence results
     manifest.json                  counts and paths of the above
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import os
 from collections.abc import Sequence
@@ -109,6 +118,7 @@ class Shot:
     width: int
     height: int
     anchor: tuple[float, float, float] = field(default=(0.5, 0.7, 0.2))  # x, y, scale
+    taken: dt.datetime | None = None   # written as EXIF DateTimeOriginal and DateTime
 
 
 # ---------------------------------------------------------------- scenery
@@ -282,6 +292,7 @@ def _place_animal(canvas: np.ndarray, cls: str, rng: np.random.Generator, cx: fl
 
 
 _EXIF_ORIENTATION = 0x0112
+_EXIF_IFD, _EXIF_DATETIME_ORIGINAL, _EXIF_DATETIME = 0x8769, 0x9003, 0x0132
 # how to store an upright picture so that a viewer applying the tag shows it upright
 _STORE_TRANSPOSE = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90,
                     8: Image.Transpose.ROTATE_270}
@@ -321,6 +332,10 @@ def render(shot: Shot) -> dict[str, Any]:
     if shot.orientation != 1:
         img = img.transpose(_STORE_TRANSPOSE[shot.orientation])
         exif[_EXIF_ORIENTATION] = shot.orientation
+    if shot.taken is not None:
+        stamp = shot.taken.strftime('%Y:%m:%d %H:%M:%S')
+        exif[_EXIF_DATETIME] = stamp
+        exif.get_ifd(_EXIF_IFD)[_EXIF_DATETIME_ORIGINAL] = stamp
     Path(shot.out_path).parent.mkdir(parents=True, exist_ok=True)
     img.save(shot.out_path, 'JPEG', quality=85, exif=exif.tobytes())
     return {'boxes': boxes}
@@ -364,6 +379,11 @@ def detector_document(images: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _coco_time(taken: dt.datetime | None) -> str | None:
+    """A time as COCO Camera Traps writes it (``YYYY-MM-DD HH:MM:SS``)."""
+    return None if taken is None else taken.strftime('%Y-%m-%d %H:%M:%S')
+
+
 def _with_max_conf(file: str, dets: list[dict[str, Any]]) -> dict[str, Any]:
     return {'file': file, 'max_detection_conf': max((d['conf'] for d in dets), default=0.0),
             'detections': dets}
@@ -395,10 +415,38 @@ def taxonomy_rows() -> list[dict[str, str]]:
 
 # ---------------------------------------------------------------- the project
 
+LABELED_START = dt.datetime(2025, 6, 1, 5, 0, 0)
+NEW_START = dt.datetime(2025, 7, 1, 0, 0, 0)
+
+
+def labeled_time(location: int, sequence: int, frame: int) -> dt.datetime:
+    """When a labeled photo was taken: sequences at a location 5 h 17 min apart
+    (locations offset by 11 min), frames 2 s apart. Not drawn from the random
+    stream, so the labeled photos stay the same for a seed."""
+    return LABELED_START + dt.timedelta(minutes=317 * sequence + 11 * location,
+                                        seconds=2 * frame)
+
+
+@dataclass(frozen=True)
+class NewShot:
+    """One new (unlabeled) photo and the sequence it belongs to."""
+    camera: str
+    seq_id: str
+    frame: int
+    shot: Shot
+
+
 def plan_shots(out: Path, seed: int, locations: int, sequences_per_location: int,
                new_images: int, new_locations: int, width: int, height: int
-               ) -> tuple[list[tuple[str, str, str, int, Shot]], list[Shot]]:
-    """Decides every photo: ((dataset, location, seq_id, frame, shot) list, new shots)."""
+               ) -> tuple[list[tuple[str, str, str, int, Shot]], list[NewShot]]:
+    """Decides every photo: ((dataset, location, seq_id, frame, shot) list, new shots).
+
+    The new photos come in sequences of 2-5 frames (the last one may be shorter,
+    to make ``new_images`` in all), given to the cameras in turn; the frames of a
+    sequence show one animal (or none) moving, 1-3 s apart; the sequences at a
+    camera are 10 minutes to 4 hours apart. Files stay ``cam_KK/img_IIII.jpg``
+    with I counted over all new photos.
+    """
     rng = np.random.default_rng(seed)
     labeled = []
     for loc in range(locations):
@@ -419,20 +467,35 @@ def plan_shots(out: Path, seed: int, locations: int, sequences_per_location: int
                 orient = int(rng.choice([6, 8, 3])) if rng.random() < 0.06 else 1
                 path = out / 'images' / dataset / location / f's{s:03d}_f{f}.jpg'
                 shot = Shot(str(path), loc_seed, int(rng.integers(2**31)), cls, n_animals, f,
-                            night, orient, width, height, anchor)
+                            night, orient, width, height, anchor, labeled_time(loc, s, f))
                 labeled.append((dataset, location, seq_id, f, shot))
-    new = []
+    new: list[NewShot] = []
     new_loc_seeds = [int(rng.integers(2**31)) for _ in range(max(new_locations, 1))]
-    for i in range(new_images):
+    clocks = [NEW_START + dt.timedelta(minutes=int(rng.integers(0, 600)))
+              for _ in new_loc_seeds]
+    seqs_at = [0] * len(new_loc_seeds)
+    n_seq = 0
+    while len(new) < new_images:
+        k = n_seq % len(new_loc_seeds)
+        n_seq += 1
+        camera = f'cam_{k:02d}'
+        seq_id = f'{camera}_s{seqs_at[k]:03d}'
+        seqs_at[k] += 1
+        n_frames = min(int(rng.integers(2, 6)), new_images - len(new))
         cls = 'empty' if rng.random() < 0.1 else str(rng.choice(CLASSES))
         night = bool(rng.random() < 0.15)
-        orient = int(rng.choice([6, 8, 3])) if rng.random() < 0.08 else 1
         anchor = (float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.55, 0.8)),
                   float(rng.uniform(0.08, 0.28)))
-        k = i % len(new_loc_seeds)
-        path = out / 'new_photos' / 'images' / f'cam_{k:02d}' / f'img_{i:04d}.jpg'
-        new.append(Shot(str(path), new_loc_seeds[k], int(rng.integers(2**31)), cls, 1, 0,
-                        night, orient, width, height, anchor))
+        taken = clocks[k] + dt.timedelta(seconds=int(rng.integers(600, 4 * 3600)))
+        for f in range(n_frames):
+            if f:
+                taken += dt.timedelta(seconds=int(rng.integers(1, 4)))
+            orient = int(rng.choice([6, 8, 3])) if rng.random() < 0.08 else 1
+            path = out / 'new_photos' / 'images' / camera / f'img_{len(new):04d}.jpg'
+            new.append(NewShot(camera, seq_id, f, Shot(
+                str(path), new_loc_seeds[k], int(rng.integers(2**31)), cls, 1, f, night,
+                orient, width, height, anchor, taken)))
+        clocks[k] = taken
     return labeled, new
 
 
@@ -445,7 +508,7 @@ def generate(out: Path, seed: int = 0, locations: int = 14, sequences_per_locati
         raise utils.InputError('--locations must be at least 6 (3 splits x 2 datasets)')
     labeled, new = plan_shots(out, seed, locations, sequences_per_location, new_images,
                               new_locations, width, height)
-    shots = [s for *_, s in labeled] + new
+    shots = [s for *_, s in labeled] + [n.shot for n in new]
     workers = workers or min(os.cpu_count() or 1, 8)
     if workers > 1:
         # sort by location so that each worker's scene cache is reused
@@ -477,7 +540,7 @@ def generate(out: Path, seed: int = 0, locations: int = 14, sequences_per_locati
         coco['images'].append({'id': img_id, 'file_name': file, 'width': width,
                                'height': height, 'location': location, 'seq_id': seq,
                                'frame_num': frame, 'seq_num_frames': seq_frames[seq],
-                               'datetime': f'2025-06-{1 + frame:02d} 12:00:00'})
+                               'datetime': _coco_time(shot.taken)})
         cls = shot.cls if bxs or shot.cls == 'empty' else 'empty'
         if seq_has_gt[seq] and bxs:
             for k, b in enumerate(bxs):
@@ -492,10 +555,26 @@ def generate(out: Path, seed: int = 0, locations: int = 14, sequences_per_locati
                 _with_max_conf(file, simulate_detections(bxs, shot.night, rng)))
 
     new_images_out, truth = [], {}
-    for shot, bxs in zip(new, boxes[len(labeled):], strict=True):
+    new_coco: dict[str, Any] = {
+        'info': {'version': '1.0', 'description': 'new photos of the demo: cameras, '
+                 'sequences, times and true classes'},
+        'images': [], 'annotations': [],
+        'categories': [{'id': i, 'name': c} for c, i in cat_id.items()]}
+    new_seq_frames: dict[str, int] = {}
+    for n in new:
+        new_seq_frames[n.seq_id] = new_seq_frames.get(n.seq_id, 0) + 1
+    for n, bxs in zip(new, boxes[len(labeled):], strict=True):
+        shot = n.shot
         file = os.path.relpath(shot.out_path, out / 'new_photos' / 'images').replace(os.sep, '/')
         new_images_out.append(_with_max_conf(file, simulate_detections(bxs, shot.night, rng)))
         truth[file] = shot.cls if bxs else 'empty'
+        new_coco['images'].append({'id': file, 'file_name': file, 'width': width,
+                                   'height': height, 'location': n.camera,
+                                   'seq_id': n.seq_id, 'frame_num': n.frame,
+                                   'seq_num_frames': new_seq_frames[n.seq_id],
+                                   'datetime': _coco_time(shot.taken)})
+        new_coco['annotations'].append({'id': f'{file}#0', 'image_id': file,
+                                        'category_id': cat_id[truth[file]]})
 
     for d in DATASETS:
         utils.write_json(cocos[d], out / 'coco' / f'{d}.json', indent=1)
@@ -504,12 +583,14 @@ def generate(out: Path, seed: int = 0, locations: int = 14, sequences_per_locati
     utils.write_json(detector_document(new_images_out), out / 'new_photos' / 'detections.json',
                      indent=1)
     utils.write_json(truth, out / 'new_photos' / 'ground_truth.json', indent=1)
+    utils.write_json(new_coco, out / 'new_photos' / 'coco.json', indent=1)
     rows = taxonomy_rows()
     utils.write_csv(pd.DataFrame(rows), out / 'taxonomy.csv')
     utils.write_text(LABEL_SPEC_CSV, out / 'label_spec.csv')
     manifest = {
         'seed': seed, 'datasets': list(DATASETS), 'classes': list(CLASSES),
         'labeled_images': len(labeled), 'new_images': len(new),
+        'new_sequences': len(new_seq_frames),
         'locations': locations, 'width': width, 'height': height,
         'night_images': sum(s.night for s in shots),
         'rotated_images': sum(s.orientation != 1 for s in shots),
