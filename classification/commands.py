@@ -14,16 +14,20 @@ COMMANDS = {
     'ct-aggregate-classifier-probs': 'classification.aggregate_classifier_probs',
     'ct-analyze-failed-images': 'classification.analyze_failed_images',
     'ct-cache-batchapi-outputs': 'classification.cache_batchapi_outputs',
+    'ct-classify-sequences': 'classification.classify_sequences',
     'ct-create-classification-dataset': 'classification.create_classification_dataset',
     'ct-crop-detections': 'classification.crop_detections',
     'ct-csv-to-json': 'classification.csv_to_json',
     'ct-detect-and-crop': 'classification.detect_and_crop',
     'ct-evaluate-model': 'classification.evaluate_model',
+    'ct-export-camtrap-dp': 'classification.export_camtrap_dp',
     'ct-identify-mislabeled-candidates': 'classification.identify_mislabeled_candidates',
     'ct-json-to-azcopy-list': 'classification.json_to_azcopy_list',
     'ct-json-validator': 'classification.json_validator',
     'ct-map-classification-categories': 'classification.map_classification_categories',
+    'ct-propose-label-spec': 'classification.propose_label_spec',
     'ct-merge-classification-detection-output': 'classification.merge_classification_detection_output',
+    'ct-rollup-classifier-probs': 'classification.rollup_classifier_probs',
     'ct-run-classifier': 'classification.run_classifier',
     'ct-save-mislabeled': 'classification.save_mislabeled',
     'ct-train-classifier': 'classification.train_classifier',
@@ -51,6 +55,10 @@ def cache_batchapi_outputs() -> int:
     return _run('classification.cache_batchapi_outputs')
 
 
+def classify_sequences() -> int:
+    return _run('classification.classify_sequences')
+
+
 def create_classification_dataset() -> int:
     return _run('classification.create_classification_dataset')
 
@@ -71,6 +79,10 @@ def evaluate_model() -> int:
     return _run('classification.evaluate_model')
 
 
+def export_camtrap_dp() -> int:
+    return _run('classification.export_camtrap_dp')
+
+
 def identify_mislabeled_candidates() -> int:
     return _run('classification.identify_mislabeled_candidates')
 
@@ -89,6 +101,14 @@ def map_classification_categories() -> int:
 
 def merge_classification_detection_output() -> int:
     return _run('classification.merge_classification_detection_output')
+
+
+def propose_label_spec() -> int:
+    return _run('classification.propose_label_spec')
+
+
+def rollup_classifier_probs() -> int:
+    return _run('classification.rollup_classifier_probs')
 
 
 def run_classifier() -> int:
