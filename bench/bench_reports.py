@@ -1,18 +1,26 @@
-"""How long the evaluation report takes at scale: 100 labels x 100,000 crops.
+"""How long the evaluation and dataset reports take at scale: 100 labels x
+100,000 crops.
 
 Builds a synthetic evaluation folder (outputs_test.csv.gz with random but
 peaked probabilities, a dataset CSV with 500 locations, and a crops folder in
 which every crop is a hard link to a real JPEG crop, so thumbnails decode real
 files), then times classification.reports.report_from_outputs (best of
---repeats). Prints a Markdown row for docs/benchmarks.md.
+--repeats). With --report dataset (or both) it also writes a dataset folder
+(classification_ds.csv with detection confidences and a long-tailed label
+distribution, label_index.json, splits.json of the 500 locations) and times
+classification.dataset_reports.report_from_files, and the dataset_report
+command once end to end (a fresh interpreter: imports included). Prints
+Markdown rows for docs/benchmarks.md.
 
 Example:
-    .venv/bin/python bench/bench_reports.py --work bench/out/reports
+    .venv/bin/python bench/bench_reports.py --work bench/out/reports --report both
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,7 +31,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from classification import reports  # noqa: E402
+from classification import dataset_reports, reports  # noqa: E402
 
 
 def build(work: Path, labels: int, crops: int, seed: int = 0) -> None:
@@ -42,6 +50,11 @@ def build(work: Path, labels: int, crops: int, seed: int = 0) -> None:
     out.to_csv(work / 'outputs_test.csv.gz', index=False, float_format='%.6g')
     pd.DataFrame({'path': paths, 'dataset': 'ds', 'location': [p.split('/')[1] for p in paths],
                   'label': out['label']}).to_csv(work / 'classification_ds.csv', index=False)
+    link_crops(work, paths)
+
+
+def link_crops(work: Path, paths: list[str]) -> None:
+    """Every crop a hard link to a real JPEG (those already there are kept)."""
     for i, p in enumerate(paths):
         one = work / f'one_{i // 50_000}.jpg'      # file systems cap the links of a file
         if not one.exists():
@@ -52,6 +65,54 @@ def build(work: Path, labels: int, crops: int, seed: int = 0) -> None:
             os.link(one, target)
 
 
+def build_dataset(work: Path, labels: int, crops: int, seed: int = 1) -> Path:
+    """The dataset folder of the same crops: labels drawn from a long tail (the
+    commonest about 100 times the rarest), confidences of ground-truth boxes (1.0)
+    and detections (0.6 to 1), the 500 locations split 300 / 100 / 100."""
+    base = work / 'dataset'
+    base.mkdir(exist_ok=True)
+    src = pd.read_csv(work / 'classification_ds.csv', dtype=str)
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, labels + 1)
+    names = [f'label_{i:03d}' for i in range(labels)]
+    y = rng.choice(labels, size=len(src), p=weights / weights.sum())
+    y[:labels] = np.arange(labels)                      # every label has crops
+    conf = np.where(rng.random(len(src)) < 0.3, 1.0, np.round(rng.uniform(0.6, 1, len(src)), 3))
+    df = pd.DataFrame({'path': src['path'], 'dataset': src['dataset'],
+                       'location': src['location'], 'dataset_class': [names[i] for i in y],
+                       'confidence': conf, 'label': [names[i] for i in y]})
+    df.to_csv(base / 'classification_ds.csv', index=False)
+    (base / 'label_index.json').write_text(json.dumps(
+        {str(i): n for i, n in enumerate(sorted(set(df['label'])))}))
+    locs = sorted(set(df['location']))
+    split = {'train': locs[:300], 'val': locs[300:400], 'test': locs[400:]}
+    (base / 'splits.json').write_text(json.dumps(
+        {s: [['ds', loc] for loc in v] for s, v in split.items()}))
+    return base
+
+
+def time_dataset_report(work: Path, labels: int, crops: int, repeats: int) -> None:
+    base = work / 'dataset'
+    if not (base / 'splits.json').exists():
+        build_dataset(work, labels, crops)
+    link_crops(work, pd.read_csv(base / 'classification_ds.csv', usecols=['path'])['path']
+               .tolist())
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dataset_reports.report_from_files(base, base / 'dataset_report', work / 'crops')
+        times.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    subprocess.run([sys.executable, '-m', 'classification.dataset_report', str(base), '-c',
+                    str(work / 'crops')], check=True, cwd=Path(__file__).resolve().parents[1])
+    command = time.perf_counter() - t
+    thumbs = len(list((base / 'dataset_report' / 'thumbs').glob('*.jpg')))
+    print(f'| report | labels | crops | thumbnails | seconds (best of {repeats}) | '
+          'command, end to end |')
+    print('|---|---|---|---|---|---|')
+    print(f'| dataset | {labels} | {crops:,} | {thumbs} | {min(times):.1f} | {command:.1f} |')
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,10 +120,16 @@ def main() -> None:
     parser.add_argument('--labels', type=int, default=100)
     parser.add_argument('--crops', type=int, default=100_000)
     parser.add_argument('--repeats', type=int, default=2)
+    parser.add_argument('--report', choices=['evaluation', 'dataset', 'both'],
+                        default='evaluation', help='which report to time')
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if not (args.work / 'outputs_test.csv.gz').exists():
         build(args.work, args.labels, args.crops)
+    if args.report in ('dataset', 'both'):
+        time_dataset_report(args.work, args.labels, args.crops, args.repeats)
+    if args.report == 'dataset':
+        return
     times = []
     for _ in range(args.repeats):
         t = time.perf_counter()

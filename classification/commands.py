@@ -18,6 +18,7 @@ COMMANDS = {
     'ct-create-classification-dataset': 'classification.create_classification_dataset',
     'ct-crop-detections': 'classification.crop_detections',
     'ct-csv-to-json': 'classification.csv_to_json',
+    'ct-dataset-report': 'classification.dataset_report',
     'ct-detect-and-crop': 'classification.detect_and_crop',
     'ct-evaluate-model': 'classification.evaluate_model',
     'ct-export-camtrap-dp': 'classification.export_camtrap_dp',
@@ -69,6 +70,10 @@ def crop_detections() -> int:
 
 def csv_to_json() -> int:
     return _run('classification.csv_to_json')
+
+
+def dataset_report() -> int:
+    return _run('classification.dataset_report')
 
 
 def detect_and_crop() -> int:

@@ -24,6 +24,10 @@ Writes into output_dir:
     classification_ds.csv   path, dataset, location, dataset_class, confidence, label
     label_index.json        {"0": "label_a", ...}, labels in sorted order
     splits.json             {"train": [[dataset, location], ...], "val": [...], "test": [...]}
+    dataset_report/         with --mode splits (unless --no-report; --report DIR for
+                            another folder): the dataset report, index.html with its
+                            figures and sample crops (see classification/dataset_reports.py;
+                            classification.dataset_report rewrites it or compares splits)
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from classification import crop_data, utils
+from classification import crop_data, dataset_reports, utils
 from classification.taxonomy import parse_label_spec
 from detection.detector_output import DetectionCache, queried_image_crops, read_queried_images
 
@@ -237,7 +241,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              '"prioritize" field lists for each label')
     parser.add_argument('--seed', type=utils.nonneg_int, default=123,
                         help='random seed for --method random (default: 123)')
+    parser.add_argument('--report', metavar='DIR',
+                        help='the dataset report folder written with --mode splits '
+                             '(default: output_dir/dataset_report)')
+    parser.add_argument('--no-report', action='store_true',
+                        help='write no dataset report')
     args = parser.parse_args(argv)
+    if args.report and args.no_report:
+        parser.error('--report and --no-report cannot be used together')
+    if args.report and 'splits' not in args.mode:
+        parser.error('--report needs --mode splits (the report shows the splits)')
     if 'csv' in args.mode:
         if not args.queried_images_json or not args.cropped_images_dir:
             parser.error('--mode csv needs --queried-images-json and --cropped-images-dir')
@@ -260,12 +273,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     utils.setup_logging()
     out = Path(args.output_dir)
     csv_path = out / CSV_NAME
+    report_dir = None
+    if 'splits' in args.mode and not args.no_report:
+        report_dir = dataset_reports.check_report_dir(
+            args.report or out / dataset_reports.REPORT_DIR_NAME)
     # everything is read and checked first and written at the end, so a run that
     # fails leaves the outputs of the last good run as they were
     test_locs: list[tuple[str, str]] = []
     if args.match_test:
         test_locs = crop_data.read_splits(Path(args.match_test[1])).get('test', [])
-    writes: list[Callable[[], None]] = []
+    writes: list[Callable[[], object]] = []
     if 'csv' in args.mode:
         if args.detector_version is not None:
             utils.check_detector_version(args.detector_version)
@@ -326,6 +343,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = split_summary(df, splits).to_string()
         writes += [lambda: utils.write_json(splits, out / 'splits.json', indent=1),
                    lambda: logger.info('crops per label and split:\n%s', summary)]
+        if report_dir is not None:
+            content = dataset_reports.summarize(
+                df, label_list(df), {s: [(d, loc) for d, loc in locs]
+                                     for s, locs in splits.items()})
+            folder = report_dir
+            writes.append(lambda: dataset_reports.write_dataset_report(
+                folder, content, args.cropped_images_dir))
     for write in writes:
         write()
     return 0

@@ -31,11 +31,11 @@ from torchvision.transforms import functional as F
 from classification import utils
 from classification.cropping import PhotoFile, scale_box, to_rgb
 from classification.model_files import IMAGENET_MEAN, IMAGENET_STD
+from classification.split_files import SPLITS, read_splits
 
 logger = logging.getLogger(__name__)
 
 T_co = TypeVar('T_co')
-SPLITS = ('train', 'val', 'test')
 
 
 # ---------------------------------------------------------------- the dataset table
@@ -102,29 +102,6 @@ def load_split_frames(dataset_dir: str | os.PathLike[str], labels: Sequence[str]
     for split in splits:
         locs = {(d, loc) for d, loc in split_locs.get(split, [])}
         out[split] = df[keys.isin(locs)].reset_index(drop=True)
-    return out
-
-
-def read_splits(path: Path) -> dict[str, list[tuple[str, str]]]:
-    """splits.json as {split: [(dataset, location), ...]}, checked."""
-    raw = utils.read_json(path, unique_keys=True)
-    if not isinstance(raw, dict):
-        raise utils.InputError(f'{path}: expected {{"train": [[dataset, location], ...], ...}}')
-    out: dict[str, list[tuple[str, str]]] = {}
-    where: dict[tuple[str, str], str] = {}
-    for split, locs in raw.items():
-        if split not in SPLITS or not isinstance(locs, list) or not all(
-                isinstance(x, list) and len(x) == 2
-                and all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in x)
-                for x in locs):
-            raise utils.InputError(f'{path}: {split!r} must be one of {list(SPLITS)} with a '
-                                   'list of [dataset, location] pairs (strings)')
-        out[split] = [(str(d), str(loc)) for d, loc in locs]
-        for loc in out[split]:
-            if loc in where:
-                raise utils.InputError(f'{path}: location {list(loc)} is in both '
-                                       f'{where[loc]!r} and {split!r}')
-            where[loc] = split
     return out
 
 

@@ -100,37 +100,77 @@ $PY -m classification.run_classifier "$MODEL_TS" "$N/crops" "$N/classifier_outpu
     --classifier-categories "$B/label_index.json" \
     --batch-size 32 --num-workers 0
 
-step "12. merge_classification_detection_output -> Timelapse JSON"
+step "12. merge_classification_detection_output -> Timelapse JSON (taxonomy, rollup)"
 $PY -m classification.merge_classification_detection_output \
     "$N/classifier_output.csv.gz" "$B/label_index.json" \
     --detection-json "$P/new_photos/detections.json" \
     --output-json "$N/detections_with_classifications.json" \
-    --classifier-name "demo-$MODEL" --threshold 0.05
+    --classifier-name "demo-$MODEL" --threshold 0.05 \
+    --taxonomy-csv "$P/taxonomy.csv" --label-spec "$B/label_spec.json" \
+    --rollup-threshold 0.9 --rollup-max-level class
+
+step "13. classify_sequences: one label per sequence (EXIF times), smoothed Timelapse JSON"
+$PY -m classification.classify_sequences "$N/detections_with_classifications.json" \
+    "$N/sequences.csv" --images-dir "$P/new_photos/images" --max-gap-seconds 60 \
+    --threshold 0.2 --smoothed-json "$N/detections_smoothed.json"
+
+step "14. export_camtrap_dp: the results as a Camtrap DP 1.0 package"
+{ echo folder,deploymentID,latitude,longitude
+  for d in "$P"/new_photos/images/*/; do d=$(basename "$d"); echo "$d,demo-$d,47.37,8.54"; done
+} > "$N/deployments.csv"
+$PY -m classification.export_camtrap_dp "$N/detections_smoothed.json" "$N/camtrap_dp" \
+    --images-dir "$P/new_photos/images" --deployments "$N/deployments.csv" \
+    --title "Demo survey" --contributor "Demo user" --utc-offset Z --threshold 0.2 \
+    --logdir "$N"
+
+step "15. identify_mislabeled_candidates: a contact sheet of crops to review"
+$PY -m classification.identify_mislabeled_candidates "$RUN" --margin 0.5 \
+    --splits train val test --contact-sheet "$RUN/mislabeled_review" \
+    --cropped-images-dir "$DIR/crops"
 
 step "summary"
 $PY - "$RUN" "$MODEL_TS" "$N/detections_with_classifications.json" "$P/new_photos/ground_truth.json" \
-    "$(( $(date +%s) - START ))" <<'EOF'
+    "$(( $(date +%s) - START ))" "$N/detections_smoothed.json" "$N/sequences.csv" <<'PYEOF'
 import json, sys
 import pandas as pd
-run, model_ts, merged_path, truth_path, seconds = sys.argv[1:]
+run, model_ts, merged_path, truth_path, seconds, smoothed_path, seq_csv = sys.argv[1:]
 metrics = pd.read_csv(f'{run}/overall_metrics.csv').set_index('split')
-merged = json.load(open(merged_path))
 truth = json.load(open(truth_path))
-names = merged['classification_categories']
-hits = total = 0
-for img in merged['images']:
-    dets = [d for d in img.get('detections', []) if d.get('classifications')]
-    if not dets or truth.get(img['file'], 'empty') == 'empty':
-        continue
-    best = max(dets, key=lambda d: d['conf'])
-    total += 1
-    hits += names[best['classifications'][0][0]] == truth[img['file']]
-print(f'training run:           {run}')
-print(f'TorchScript classifier: {model_ts}')
-print(f'evaluation files:       {run}/outputs_*.csv.gz, overall_metrics.csv, label_stats.csv')
-print(f'evaluation report:      {run}/report/index.html  <- open this in a browser')
-print(f'Timelapse JSON:         {merged_path}')
-print(f'new photos with an animal classified correctly: {hits}/{total}')
+
+def score(path):
+    doc = json.load(open(path))
+    names = doc['classification_categories']
+    hits = total = 0
+    for img in doc['images']:
+        dets = [d for d in img.get('detections', []) if d.get('classifications')]
+        if not dets or truth.get(img['file'], 'empty') == 'empty':
+            continue
+        best = max(dets, key=lambda d: d['conf'])
+        total += 1
+        hits += names[best['classifications'][0][0]] == truth[img['file']]
+    return hits, total
+
+hits, total = score(merged_path)
+s_hits, s_total = score(smoothed_path)
+seqs = pd.read_csv(seq_csv, keep_default_na=False)
+merged = json.load(open(merged_path))
+rolled = sum(1 for img in merged['images'] for d in img.get('detections', [])
+             if d.get('classifications') and int(d['classifications'][0][0]) >= 2000000)
+base = run.rsplit('/', 1)[0]
+new = merged_path.rsplit('/', 1)[0]
+print(f'dataset report:          {base}/dataset_report/index.html')
+print(f'training run:            {run}')
+print(f'TorchScript classifier:  {model_ts}')
+print(f'evaluation files:        {run}/outputs_*.csv.gz, overall_metrics.csv, label_stats.csv')
+print(f'crops to review:         {run}/mislabeled_review/index.html')
+print(f'Timelapse JSON:          {merged_path} ({rolled} detections rolled up to a taxon)')
+print(f'sequences:               {seq_csv} ({len(seqs)} sequences, '
+      f'{(seqs["detections"] > 0).sum()} with an animal)')
+print(f'smoothed Timelapse JSON: {smoothed_path}')
+print(f'Camtrap DP package:      {new}/camtrap_dp/datapackage.json')
+print(f'new photos with an animal classified correctly: {hits}/{total}, '
+      f'after sequence smoothing: {s_hits}/{s_total}')
 print(f'test-split top-1 accuracy: {metrics.loc["test", "acc_top1"]:.1f}%')
 print(f'demo finished in {seconds} s')
-EOF
+print(f'open in a browser: {run}/report/index.html (the evaluation report)')
+PYEOF

@@ -77,6 +77,19 @@ def test_demo_end_to_end(tmp_path):
                 n += 1
     assert n > 0
     assert_valid_megadetector_output(out / 'new_photos' / 'detections_with_classifications.json')
+    assert set(merged['classification_category_descriptions']) == set(
+        merged['classification_categories'])
+    assert_valid_megadetector_output(out / 'new_photos' / 'detections_smoothed.json')
+    new = out / 'new_photos'
+    assert (new / 'sequences.csv').read_text().startswith('seq_id,')
+    assert (new / 'camtrap_dp' / 'datapackage.json').is_file()
+    (run,) = {p.parent for p in (out / 'base_logdir').glob('*/params.json')}
+    for report in (out / 'base_logdir' / 'dataset_report', run / 'report',
+                   run / 'mislabeled_review'):
+        assert (report / 'index.html').is_file(), report
+    # the demo ends by saying where the evaluation report is
+    assert proc.stdout.strip().splitlines()[-1] == (
+        f'open in a browser: {run}/report/index.html (the evaluation report)')
     # rerunning replaces the demo's own folder but never a foreign one
     (tmp_path / 'foreign').mkdir()
     env['DEMO_DIR'] = str(tmp_path / 'foreign')
