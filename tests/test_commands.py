@@ -44,3 +44,14 @@ def test_a_command_refuses_in_one_line_and_suggests_flags(tmp_path):
     proc = subprocess.run([str(BIN / 'ct-run-classifier'), 'm', 'c', 'o', '--batchsize', '3'],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and 'did you mean --batch-size?' in proc.stderr
+
+
+def test_every_module_is_in_the_import_layers():
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / 'setup.cfg')
+    layers = cfg['importlinter:contract:layers']['layers']
+    named = {m.strip() for m in layers.replace('|', ' ').replace(':', ' ').split()}
+    modules = {f'{p.parent.name}.{p.stem}' for folder in ('classification', 'detection')
+               for p in (REPO / folder).glob('*.py')
+               if p.stem not in ('__init__', 'commands')}
+    assert modules - named == set()
