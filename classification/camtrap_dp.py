@@ -14,12 +14,16 @@ detection box of at least the detection threshold, with its box
 (MegaDetector's normalized top-left ``[x, y, width, height]`` is Camtrap DP's
 ``bboxX``/``bboxY``/``bboxWidth``/``bboxHeight``, clipped to the photo), and
 one ``blank`` observation for a photo with no box above the threshold. An
-animal box takes its classifier's top class (not the ``label: ...`` categories
-that merge --label adds) as ``scientificName`` (through the taxonomy CSV when
-given), with ``classificationMethod`` ``machine``, ``classifiedBy`` the
-classifier's name and ``classificationProbability`` its confidence; other
-boxes (person, vehicle, animals without a classification) are the detector's,
-with the detector's name and confidence.
+animal box takes its classifier's answer as ``scientificName``, with
+``classificationMethod`` ``machine``, ``classifiedBy`` the classifier's name
+and ``classificationProbability`` its confidence: the taxon merge's rollup put
+in its list (category ``2000000 + k``, ``taxon: <name>``, with the summed
+probability), else the top class (through the taxonomy CSV when given; not the
+``label: ...`` categories ``1000000 + i`` that merge --label adds). Other boxes
+(person, vehicle, animals without a classification) are the detector's, with
+the detector's name and confidence. A file merged with --relative-conf
+(``info.classifier_metadata.relative_conf``) is refused: its confidences are
+differences, not probabilities.
 
 The deployments CSV (UTF-8, a header row) maps photo folders to deployments:
 
@@ -31,7 +35,13 @@ The deployments CSV (UTF-8, a header row) maps photo folders to deployments:
 separated; ``.`` for all): a photo belongs to the deployment of the longest
 folder that holds it. Latitude and longitude are WGS84 decimal degrees. Start
 and end are ISO 8601 with a time zone (``2024-05-01T12:00:00+02:00``); left
-out, they are the times of the deployment's first and last photo.
+out, they are the times of the deployment's first and last photo; a photo
+taken outside a given start or end is left out (a per-photo failure).
+
+``media.filePath`` is the photo's path under the photos folder, prefixed with
+``ExportSettings.media_root`` when given (a URL, or a folder relative to where
+the package will sit): Camtrap DP reads a relative path as one inside the
+package folder.
 """
 from __future__ import annotations
 
@@ -46,6 +56,7 @@ import posixpath
 import re
 import shutil
 import tempfile
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -65,6 +76,10 @@ STEP = 'export_camtrap_dp'
 # merge_classification_detection_output --label adds the true label as category
 # 1000000 + index: a person's label, not the classifier's
 LABEL_ID_OFFSET = 1_000_000
+# merge --rollup-threshold adds rolled-up taxa as category 2000000 + index, named
+# 'taxon: <name>', first in the list of a detection whose top label fell short
+TAXON_ID_OFFSET = 2_000_000
+TAXON_PREFIX = 'taxon: '
 
 # the columns each table is written with, in the standard's order
 DEPLOYMENT_FIELDS = (
@@ -104,6 +119,7 @@ OBSERVATION_TYPES = {'animal': 'animal', 'person': 'human', 'human': 'human',
 OFFSET_RE = re.compile(r'^(Z|[+-](0\d|1[0-4]):[0-5]\d)$')
 # ISO 8601 with a time zone, as Camtrap DP writes its times
 TIME_RE = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(Z|[+-]\d\d:\d\d)$')
+URL_RE = re.compile(r'^[A-Za-z][A-Za-z0-9+.-]*://[^/\s]')
 
 
 class SamplingDesign(str, Enum):
@@ -154,6 +170,7 @@ class ExportSettings:
     capture_method: CaptureMethod = CaptureMethod.ACTIVITY_DETECTION
     license: str | None = None       # an Open Definition id, e.g. CC-BY-4.0
     classified_by: str | None = None  # instead of info.classifier
+    media_root: str | None = None    # filePath prefix: a URL or a relative folder
     created: dt.datetime | None = None  # default: now (UTC)
 
 
@@ -325,6 +342,49 @@ def read_taxonomy(path: str | os.PathLike[str]) -> dict[str, Taxon]:
         return parse_taxonomy(f.read(), str(path))
 
 
+def check_media_root(text: str) -> str:
+    """The --media-root prefix of ``media.filePath``: a URL (``scheme://host/...``)
+    or a relative folder (``/`` separated, ``..`` allowed: relative to where the
+    package folder will sit); '' for none. An absolute local path is refused: it
+    would not survive the package being moved or published."""
+    root = text.strip()
+    if URL_RE.match(root):
+        return root.rstrip('/')
+    root = root.replace('\\', '/')
+    if root.startswith('/') or re.match(r'^[A-Za-z]:', root) or '://' in root:
+        raise utils.InputError(f'--media-root {text!r}: give a URL (https://...) or a folder '
+                               'relative to where the package will sit, not an absolute path')
+    if any(ord(c) < 32 for c in root):
+        raise utils.InputError(f'--media-root {text!r}: has control characters')
+    root = posixpath.normpath(root) if root else ''
+    return '' if root == '.' else root
+
+
+def media_file_path(file: str, media_root: str | None = None) -> str:
+    """``media.filePath`` of the photo ``file`` (relative to the photos folder):
+    under ``media_root`` (checked by check_media_root) when given, URL-quoted
+    under a URL."""
+    rel = posixpath.normpath(file.replace('\\', '/'))
+    if not media_root:
+        return rel
+    if URL_RE.match(media_root):
+        return f'{media_root}/{urllib.parse.quote(rel, safe="/")}'
+    return posixpath.join(media_root, rel)
+
+
+def check_document(doc: Mapping[str, Any], source: str = 'detections JSON') -> None:
+    """Refuses a Timelapse JSON whose confidences are not probabilities: one merged
+    with --relative-conf (``info.classifier_metadata.relative_conf``), whose
+    entries are the classes that beat the given label and by how much."""
+    info = doc.get('info')
+    meta = info.get('classifier_metadata') if isinstance(info, dict) else None
+    if isinstance(meta, dict) and meta.get('relative_conf') not in (None, False):
+        raise utils.InputError(
+            f'{source}: merged with --relative-conf (info.classifier_metadata.relative_conf): '
+            'its classifications are the classes that beat the given label and by how '
+            'much, not probabilities; export a file merged without --relative-conf')
+
+
 # ---------------------------------------------------------------- building
 
 def deployment_of(file: str, deployments: Sequence[Deployment]) -> Deployment | None:
@@ -364,26 +424,74 @@ def camtrap_bbox(bbox: Sequence[float]) -> tuple[float, float, float, float] | N
     return bx, by, bw, bh
 
 
-def top_classification(det: Mapping[str, Any], source: str, file: str
-                       ) -> tuple[str, float] | None:
-    """The classifier's most confident [category id, confidence] of a detection,
-    leaving out merge --label's true-label entries; None when there is none."""
-    best: tuple[str, float] | None = None
+@dataclass(frozen=True)
+class Answer:
+    """The classifier's answer for one detection."""
+    category: str       # its classification category id
+    confidence: float
+    rolled_up: bool     # a taxon of merge's rollup (else a classifier label)
+
+
+def classifier_answer(det: Mapping[str, Any], source: str, file: str) -> Answer | None:
+    """A detection's answer: the rolled-up taxon (id >= 2000000) when merge put one
+    in its list, else the most confident classifier label, leaving out merge
+    --label's true-label entries (ids 1000000 to 1999999); None when there is none."""
+    best: Answer | None = None
     for entry in det.get('classifications') or []:
         if (not isinstance(entry, list) or len(entry) != 2
                 or isinstance(entry[1], bool) or not isinstance(entry[1], (int, float))):
             raise utils.InputError(f'{source}: {file}: a classification is not '
                                    '[category id, confidence]')
         cat, conf = str(entry[0]), float(entry[1])
-        if not (math.isfinite(conf) and 0 <= conf <= 1):
+        if not (math.isfinite(conf) and 0 <= conf <= 1 + 1e-6):
             raise utils.InputError(f'{source}: {file}: classification confidence {conf!r} '
-                                   'is not from 0 to 1 (a merge --relative-conf file? '
-                                   'export one merged without it)')
-        if cat.isdigit() and int(cat) >= LABEL_ID_OFFSET:
+                                   'is not from 0 to 1')
+        conf = min(conf, 1.0)       # a rolled-up sum may round just above 1
+        number = int(cat) if cat.isdigit() else -1
+        if number >= TAXON_ID_OFFSET:
+            return Answer(cat, conf, True)
+        if number >= LABEL_ID_OFFSET:
             continue
-        if best is None or conf > best[1]:
-            best = (cat, conf)
+        if best is None or conf > best.confidence:
+            best = Answer(cat, conf, False)
     return best
+
+
+def taxon_name(category_name: str) -> str:
+    """The taxon of a rollup category name (``taxon: canidae`` -> ``canidae``)."""
+    name = category_name.strip()
+    if name.startswith(TAXON_PREFIX):
+        name = name[len(TAXON_PREFIX):].strip()
+    return name
+
+
+def rollup_taxon(name: str, taxonomy: Mapping[str, Taxon]) -> Taxon:
+    """A rolled-up taxon as written: the taxonomy CSV's row for it (its ``label``
+    the taxon's name, or its ``scientificName`` the same up to case) gives the
+    scientific name, rank and vernacular name; otherwise the name alone (no rank)."""
+    if name in taxonomy:
+        return taxonomy[name]
+    for taxon in taxonomy.values():
+        if taxon.scientific_name.casefold() == name.casefold():
+            return taxon
+    return Taxon(name)
+
+
+def deployment_bounds(dep: Deployment, stamps: Sequence[dt.datetime]
+                      ) -> tuple[dt.datetime, dt.datetime] | None:
+    """A deployment's start and end: the CSV's, a missing one filled in with the
+    time of its first or last photo; None when a bound is neither given nor has a
+    photo. InputError when the end would fall before the start."""
+    start = dep.start or (min(stamps) if stamps else None)
+    end = dep.end or (max(stamps) if stamps else None)
+    if start is None or end is None:
+        return None
+    if end < start:
+        raise utils.InputError(
+            f'deployment {dep.deployment_id}: deploymentEnd {format_time(end)} would be '
+            f'before deploymentStart {format_time(start)}; check the deployments CSV, '
+            '--utc-offset and the camera clock')
+    return start, end
 
 
 def _blank_row(fields: Sequence[str]) -> dict[str, str]:
@@ -397,8 +505,11 @@ def build_package(doc: Mapping[str, Any], times: Mapping[str, dt.datetime | None
     """The package of a checked Timelapse JSON ``doc``: ``times`` holds each photo's
     (naive, camera clock) time or None. Photos with no time, no deployment, a
     detector failure or an unknown file type are left out and listed in
-    ``failures``. Raises InputError when nothing is left or the inputs disagree."""
+    ``failures``, and so are photos taken outside their deployment's given start
+    or end. Raises InputError when nothing is left or the inputs disagree."""
+    check_document(doc, source)
     tz = _tz(check_utc_offset(settings.utc_offset))
+    media_root = check_media_root(settings.media_root or '')
     det_cats = {str(k): str(v) for k, v in
                 (doc.get('detection_categories') or {'1': 'animal', '2': 'person',
                                                      '3': 'vehicle'}).items()}
@@ -408,6 +519,7 @@ def build_package(doc: Mapping[str, Any], times: Mapping[str, dt.datetime | None
     detector = str(info.get('detector') or 'MegaDetector')
     classifier = settings.classified_by or str(info.get('classifier') or 'classifier')
     taxonomy = taxonomy or {}
+    written_labels: set[str] = set()
     failures: dict[str, str] = {}
     media: list[dict[str, str]] = []
     observations: list[dict[str, str]] = []
@@ -433,18 +545,26 @@ def build_package(doc: Mapping[str, Any], times: Mapping[str, dt.datetime | None
         if mediatype is None:
             failures[file] = 'not a photo type Camtrap DP media are written for'
             continue
+        stamp = naive.replace(tzinfo=tz)
+        when = format_time(stamp)
+        if (dep.start is not None and stamp < dep.start) or (
+                dep.end is not None and stamp > dep.end):
+            failures[file] = (
+                f'outside its deployment: taken {when}, deployment {dep.deployment_id} runs '
+                f'from {format_time(dep.start) if dep.start else "its first photo"} to '
+                f'{format_time(dep.end) if dep.end else "its last photo"} (check '
+                '--utc-offset, the camera clock and the deployments CSV)')
+            continue
         mid = media_id(file)
         if mid in seen_ids:     # two paths hashing alike: keep the ids unique
             raise utils.InputError(f'{source}: {file} and {seen_ids[mid]} get the same '
                                    'mediaID')
         seen_ids[mid] = file
-        stamp = naive.replace(tzinfo=tz)
-        when = format_time(stamp)
         dep_times.setdefault(dep.deployment_id, []).append(stamp)
         media.append({**_blank_row(MEDIA_FIELDS), 'mediaID': mid,
                       'deploymentID': dep.deployment_id,
                       'captureMethod': settings.capture_method.value, 'timestamp': when,
-                      'filePath': posixpath.normpath(file.replace('\\', '/')),
+                      'filePath': media_file_path(file, media_root),
                       'filePublic': 'false', 'fileName': posixpath.basename(file),
                       'fileMediatype': mediatype})
         base = {**_blank_row(OBSERVATION_FIELDS), 'deploymentID': dep.deployment_id,
@@ -465,19 +585,27 @@ def build_package(doc: Mapping[str, Any], times: Mapping[str, dt.datetime | None
                                map(_num, box), strict=True))
             if row['observationType'] in ('animal', 'human'):
                 row['count'] = '1'
-            top = top_classification(det, source, file) if cat_name == 'animal' else None
+            top = classifier_answer(det, source, file) if cat_name == 'animal' else None
             if top is not None:
-                label = cls_cats.get(top[0])
+                label = cls_cats.get(top.category)
                 if label is None:
                     raise utils.InputError(f'{source}: {file}: classification category '
-                                           f'{top[0]!r} is not in classification_categories')
-                taxon = taxonomy.get(label)
-                if taxon is None:
-                    unknown_labels.add(label)
-                    taxon = Taxon(label)
-                taxa[taxon.scientific_name] = taxon
+                                           f'{top.category!r} is not in '
+                                           'classification_categories')
+                if top.rolled_up:
+                    taxon = rollup_taxon(taxon_name(label), taxonomy)
+                else:
+                    found = taxonomy.get(label)
+                    if found is None:
+                        unknown_labels.add(label)
+                        found = Taxon(label)
+                    taxon = found
+                    written_labels.add(label)
+                known = taxa.get(taxon.scientific_name)
+                if known is None or (taxon.rank and not known.rank):
+                    taxa[taxon.scientific_name] = taxon
                 row.update({'scientificName': taxon.scientific_name, 'classifiedBy': classifier,
-                            'classificationProbability': _num(top[1])})
+                            'classificationProbability': _num(top.confidence)})
             observations.append(row)
             boxes += 1
         if boxes == 0:
@@ -494,18 +622,18 @@ def build_package(doc: Mapping[str, Any], times: Mapping[str, dt.datetime | None
     if taxonomy and unknown_labels:
         logger.warning('labels not in the taxonomy CSV, written as scientificName as they '
                        'are: %s', ', '.join(sorted(unknown_labels)))
+    elif not taxonomy and written_labels:
+        logger.warning('no taxonomy CSV: the classifier labels (%s) are written as '
+                       'scientificName as they are; give --taxonomy to map them to '
+                       'scientific names', ', '.join(sorted(written_labels)))
     dep_rows = []
     for dep in deployments:
-        stamps = dep_times.get(dep.deployment_id, [])
-        start = dep.start or (min(stamps) if stamps else None)
-        end = dep.end or (max(stamps) if stamps else None)
-        if start is None or end is None:
-            logger.warning('deployment %s: no photos and no start/end given; left out',
+        bounds = deployment_bounds(dep, dep_times.get(dep.deployment_id, []))
+        if bounds is None:
+            logger.warning('deployment %s: no photos in it and no start/end given; left out',
                            dep.deployment_id)
             continue
-        if stamps and (min(stamps) < start or max(stamps) > end):
-            logger.warning('deployment %s: photos taken outside deploymentStart..End',
-                           dep.deployment_id)
+        start, end = bounds
         dep_rows.append({**_blank_row(DEPLOYMENT_FIELDS), 'deploymentID': dep.deployment_id,
                          'locationID': dep.location_id, 'locationName': dep.location_name,
                          'latitude': _num(dep.latitude), 'longitude': _num(dep.longitude),
@@ -589,10 +717,11 @@ def is_package_dir(path: Path) -> bool:
 
 
 def check_output_dir(path: str | os.PathLike[str]) -> Path:
-    """Refuses an output that exists and is not a package this step wrote (it is
-    replaced)."""
+    """Refuses an output that exists and is neither an empty folder nor a package
+    this step wrote (either is replaced)."""
     target = Path(path)
-    if target.exists() and not (target.is_dir() and is_package_dir(target)):
+    if target.exists() and not (target.is_dir() and (not any(target.iterdir())
+                                                     or is_package_dir(target))):
         raise utils.InputError(f'{target}: exists and is not a Camtrap DP package written '
                                'by this step; give another output folder or move it away')
     return target

@@ -11,31 +11,40 @@ folder OUTPUT_DIR:
                        contributor, spatial/temporal/taxonomic coverage
     deployments.csv    one row per deployment; start/end from the CSV, else the
                        times of its first and last photo
-    media.csv          one row per photo (timestamp, filePath relative to the
-                       photos folder)
+    media.csv          one row per photo (timestamp; filePath: the photo's path
+                       under the photos folder, after --media-root when given)
     observations.csv   media-level observations: one per box of at least
                        --threshold (animal/human/vehicle with its bbox; an
                        animal's scientificName and classificationProbability
-                       from the classifier's top class), one 'blank' per photo
-                       without a box
+                       from merge's rolled-up taxon, else the classifier's top
+                       class), one 'blank' per photo without a box
+
+Camtrap DP reads a relative filePath as a path inside the package folder:
+without --media-root (a URL, or the photos folder relative to where the
+package will sit) place the package folder at the photos folder's root. Without
+--taxonomy the classifier labels are written as scientific names as they are.
+A file merged with --relative-conf is refused.
 
 The folder is written under a temporary name and renamed; an existing folder
-is replaced only when it is a package this step wrote. Photos with no EXIF
-time, in no deployment folder or failed by the detector are left out and
-listed in ``<logdir>/export_camtrap_dp_log_<time>.json``. Camera clocks carry
-no time zone: --utc-offset gives theirs.
+is replaced only when it is empty or a package this step wrote. Photos with no
+EXIF time, in no deployment folder, taken outside their deployment's given
+start or end, or failed by the detector are left out and listed in
+``<logdir>/export_camtrap_dp_log_<time>.json`` (the log folder may not be the
+package folder or inside it). Camera clocks carry no time zone: --utc-offset
+gives theirs.
 
 Example:
     python -m classification.export_camtrap_dp merged.json camtrap_dp \
         --images-dir photos --deployments deployments.csv \
         --title "Forest survey 2024" --contributor "Jane Doe" --utc-offset +02:00 \
-        --taxonomy taxa.csv --threshold 0.2
+        --taxonomy taxa.csv --threshold 0.2 --media-root ../photos
 """
 from __future__ import annotations
 
 import argparse
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 from classification import camtrap_dp, photo_times, utils
 from detection.detector_output import read_document
@@ -59,7 +68,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="time zone of the cameras' clocks: Z, +hh:mm or -hh:mm")
     parser.add_argument('--taxonomy',
                         help='CSV label,scientificName[,taxonRank][,vernacularName] '
-                             '(default: the classifier labels as they are)')
+                             '(default: none; the classifier labels are then written '
+                             'as scientificName as they are)')
     parser.add_argument('-t', '--threshold', type=utils.probability, default=0.2,
                         help='detection confidence for an observation (default: 0.2)')
     parser.add_argument('--sampling-design', default='opportunistic',
@@ -71,6 +81,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--license', help='data licence, e.g. CC-BY-4.0 or CC0-1.0')
     parser.add_argument('--classified-by',
                         help='classifier name for classifiedBy (default: info.classifier)')
+    parser.add_argument('--media-root', type=_media_root,
+                        help='prefix of media.filePath: a URL (https://...) or the photos '
+                             'folder relative to where the package will sit, e.g. '
+                             '../photos (default: none, the paths under --images-dir, '
+                             'which Camtrap DP reads as inside the package folder)')
     parser.add_argument('--threads', type=utils.positive_int, default=8,
                         help='threads reading EXIF times (default: 8)')
     parser.add_argument('--logdir', default='.',
@@ -85,20 +100,39 @@ def _offset(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from e
 
 
+def _media_root(text: str) -> str:
+    try:
+        return camtrap_dp.check_media_root(text)
+    except utils.InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def check_logdir(logdir: str, output_dir: str) -> None:
+    """The failure log may not go into the package folder: the package would no
+    longer be only its own files (and the next run would refuse it)."""
+    log, out = Path(logdir).resolve(), Path(output_dir).resolve()
+    if log == out or out in log.parents:
+        raise utils.InputError(f'--logdir {logdir}: is the package folder {output_dir} or '
+                               'inside it; give a log folder outside the package')
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
     utils.check_one_stdin(args.detections_json, args.deployments, args.taxonomy)
     camtrap_dp.check_output_dir(args.output_dir)
+    check_logdir(args.logdir, args.output_dir)
     deployments = camtrap_dp.read_deployments(args.deployments)
     taxonomy = camtrap_dp.read_taxonomy(args.taxonomy) if args.taxonomy else None
     doc = read_document(args.detections_json)
+    camtrap_dp.check_document(doc, args.detections_json)
     settings = camtrap_dp.ExportSettings(
         title=args.title, contributor=args.contributor, utc_offset=args.utc_offset,
         threshold=args.threshold,
         sampling_design=camtrap_dp.SamplingDesign(args.sampling_design),
         capture_method=camtrap_dp.CaptureMethod(args.capture_method),
-        license=args.license, classified_by=args.classified_by)
+        license=args.license, classified_by=args.classified_by,
+        media_root=args.media_root)
     unsafe: dict[str, str] = {}
     readable = []
     for img in doc['images']:

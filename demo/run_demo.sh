@@ -121,6 +121,7 @@ step "14. export_camtrap_dp: the results as a Camtrap DP 1.0 package"
 $PY -m classification.export_camtrap_dp "$N/detections_smoothed.json" "$N/camtrap_dp" \
     --images-dir "$P/new_photos/images" --deployments "$N/deployments.csv" \
     --title "Demo survey" --contributor "Demo user" --utc-offset Z --threshold 0.2 \
+    --media-root ../../project/new_photos/images \
     --logdir "$N"
 
 step "15. identify_mislabeled_candidates: a contact sheet of crops to review"

@@ -8,6 +8,7 @@ import csv
 import datetime as dt
 import json
 import math
+import posixpath
 import re
 import shutil
 from pathlib import Path
@@ -198,6 +199,15 @@ def package_errors(folder: Path) -> list[str]:
             errors.append('a media-level observation needs a mediaID')
         if r['bboxX'] and float(r['bboxX']) + float(r['bboxWidth']) > 1 + 1e-9:
             errors.append(f'{r["observationID"]}: box leaves the photo')
+    for r in tables['deployments']:
+        start, end = (dt.datetime.strptime(r[k], DT_FORMAT)
+                      for k in ('deploymentStart', 'deploymentEnd'))
+        if end < start:
+            errors.append(f'deployment {r["deploymentID"]}: ends before it starts')
+        photos = [dt.datetime.strptime(m['timestamp'], DT_FORMAT)
+                  for m in tables['media'] if m['deploymentID'] == r['deploymentID']]
+        if photos and (min(photos) < start or max(photos) > end):
+            errors.append(f'deployment {r["deploymentID"]}: a photo outside start..end')
     days = [dt.datetime.strptime(r[k], DT_FORMAT).date().isoformat()
             for r in tables['deployments'] for k in ('deploymentStart', 'deploymentEnd')]
     if temporal['start'] > min(days) or temporal['end'] < max(days):
@@ -342,13 +352,20 @@ def test_package_is_valid_camtrap_dp_with_the_expected_fields(inputs):
                                                     'elsewhere/img5.jpg']
 
 
-def test_without_taxonomy_the_label_is_the_scientific_name(inputs):
+def test_without_taxonomy_the_label_is_the_scientific_name(inputs, capsys):
     assert export_camtrap_dp.main(export_args(inputs, '--classified-by', 'mine v2')) == 0
     out = Path(inputs['out'])
     assert package_errors(out) == []
     animals = [r for r in read_table(out, 'observations') if r['scientificName']]
     assert sorted(r['scientificName'] for r in animals) == ['deer', 'fox']
     assert {r['classifiedBy'] for r in animals} == {'mine v2'}
+    # said once, on stderr, naming the labels and the way out
+    warnings = [line for line in capsys.readouterr().err.splitlines()
+                if 'written as scientificName' in line]
+    assert len(warnings) == 1 and 'deer, fox' in warnings[0] and '--taxonomy' in warnings[0]
+    # with the taxonomy mapping every label: no such warning
+    assert export_camtrap_dp.main(export_args(inputs, '--taxonomy', inputs['taxonomy'])) == 0
+    assert 'scientificName' not in capsys.readouterr().err
 
 
 def test_the_checker_finds_what_breaks_the_standard(inputs):
@@ -452,11 +469,11 @@ def test_other_refusals(inputs, capsys, tmp_path):
     write(tmp_path, 'deployments.csv', 'folder,deploymentID,latitude,longitude\nzzz,d,1,1\n')
     assert 'no photo could be exported' in _refusal(inputs, capsys, export_args(inputs))
     write(tmp_path, 'deployments.csv', DEPLOYMENTS_CSV)
-    # merge --relative-conf confidences are not probabilities
+    # a confidence that is no probability
     doc = json.loads(json.dumps(TIMELAPSE))
     doc['images'][0]['detections'][0]['classifications'] = [['1', -0.3]]
     write(tmp_path, 'merged.json', doc)
-    assert 'relative-conf' in _refusal(inputs, capsys, export_args(inputs))
+    assert 'not from 0 to 1' in _refusal(inputs, capsys, export_args(inputs))
     # a classification category the JSON does not name
     doc['images'][0]['detections'][0]['classifications'] = [['7', 0.9]]
     write(tmp_path, 'merged.json', doc)
@@ -465,6 +482,181 @@ def test_other_refusals(inputs, capsys, tmp_path):
     write(tmp_path, 'taxa.csv', 'label,scientificName,taxonRank\nfox,Vulpes,genera\n')
     assert 'taxonRank' in _refusal(inputs, capsys,
                                    export_args(inputs, '--taxonomy', inputs['taxonomy']))
+
+
+def test_relative_conf_file_is_refused(inputs, capsys, tmp_path):
+    """merge --relative-conf lists the classes that beat the given label and by how
+    much: plausible-looking numbers that are not probabilities. The file says so in
+    info.classifier_metadata.relative_conf, and the export refuses it."""
+    doc = json.loads(json.dumps(TIMELAPSE))
+    doc['info']['classifier_metadata'] = {'relative_conf': True}
+    doc['classification_categories']['1000000'] = 'label: deer'
+    doc['images'][0]['detections'][0]['classifications'] = [['1000000', 1.0], ['1', 0.35]]
+    write(tmp_path, 'merged.json', doc)
+    says = _refusal(inputs, capsys, export_args(inputs))
+    assert 'relative-conf' in says and 'relative_conf' in says
+    assert not Path(inputs['out']).exists()
+    # the same file without the mark exports (the key is what decides)
+    doc['info']['classifier_metadata'] = {'relative_conf': False}
+    write(tmp_path, 'merged.json', doc)
+    assert export_camtrap_dp.main(export_args(inputs)) == 0
+
+
+def test_photos_outside_their_deployment_are_failures(inputs):
+    """Only deploymentStart given and every photo of the deployment earlier: the
+    photos are failures (not media of a deployment that ends before it starts)."""
+    write(Path(inputs['json']).parent, 'deployments.csv',
+          'folder,deploymentID,latitude,longitude,deploymentStart,deploymentEnd\n'
+          'cam_a,dep-a,51.5,4.25,,2024-05-02T00:00:00+02:00\n'
+          'cam_b,dep-b,-12.75,-60.5,2024-05-10T08:00:00+02:00,\n')
+    assert export_camtrap_dp.main(export_args(inputs)) == 0
+    out = Path(inputs['out'])
+    assert package_errors(out) == []
+    assert [r['filePath'] for r in read_table(out, 'media')] == ['cam_a/img1.jpg']
+    deps = read_table(out, 'deployments')
+    assert [(d['deploymentID'], d['deploymentStart'], d['deploymentEnd']) for d in deps] == [
+        ('dep-a', '2024-05-01T06:30:15+02:00', '2024-05-02T00:00:00+02:00')]
+    (log,) = Path(inputs['logdir']).glob('export_camtrap_dp_log_*.json')
+    reasons = {f['file']: f['reason'] for f in json.loads(log.read_text())['failures']}
+    for late in ('cam_a/img2.jpg', 'cam_b/sub/img3.jpg', 'cam_b/img4.jpg'):
+        assert reasons[late].startswith('outside its deployment')
+    assert 'dep-b' in reasons['cam_b/img4.jpg'] and '2024-05-04T01:02:03+02:00' in \
+        reasons['cam_b/img4.jpg']
+
+
+def test_a_deployment_ending_before_it_starts_is_refused():
+    start = dt.datetime(2024, 5, 10, tzinfo=dt.timezone.utc)
+    dep = camtrap_dp.Deployment(('cam',), 'd1', 1.0, 2.0, start=start)
+    earlier = [dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)]
+    with pytest.raises(utils.InputError, match='d1: deploymentEnd .* before'):
+        camtrap_dp.deployment_bounds(dep, earlier)
+    later = [start + dt.timedelta(days=2), start + dt.timedelta(days=1)]
+    assert camtrap_dp.deployment_bounds(dep, later) == (start, later[0])
+    assert camtrap_dp.deployment_bounds(dep, []) is None
+
+
+def test_an_empty_output_folder_is_used(inputs):
+    Path(inputs['out']).mkdir()
+    assert export_camtrap_dp.main(export_args(inputs)) == 0
+    assert package_errors(Path(inputs['out'])) == []
+
+
+@pytest.mark.parametrize('where', ['.', 'logs'])
+def test_a_log_folder_in_the_package_is_refused(inputs, capsys, where):
+    args = export_args(inputs)
+    args[args.index('--logdir') + 1] = str(Path(inputs['out']) / where)
+    assert '--logdir' in _refusal(inputs, capsys, args)
+    assert not Path(inputs['out']).exists()
+
+
+def _rollup_doc() -> dict[str, Any]:
+    """A merged file as merge --rollup-threshold writes it: taxa as 2000000 + k,
+    named 'taxon: <name>', described by their taxonomy string, first in the list of
+    a detection whose top label fell short; merge --label's entry before it."""
+    doc = json.loads(json.dumps(TIMELAPSE))
+    doc['info']['classifier_metadata'] = {'taxonomic_rollup_threshold': 0.6}
+    doc['classification_categories'] = {
+        '0': 'deer', '1': 'fox', '2': 'wolf', '1000000': 'label: deer',
+        '2000003': 'taxon: canidae', '2000005': 'taxon: mammalia'}
+    doc['classification_category_descriptions'] = {
+        '0': 'animalia;chordata;mammalia;artiodactyla;cervidae;deer',
+        '1': 'animalia;chordata;mammalia;carnivora;canidae;vulpes;vulpes vulpes',
+        '2': 'animalia;chordata;mammalia;carnivora;canidae;canis;canis lupus',
+        '1000000': 'animalia;chordata;mammalia;artiodactyla;cervidae;deer',
+        '2000003': 'animalia;chordata;mammalia;carnivora;canidae',
+        '2000005': 'animalia;chordata;mammalia'}
+    dets = doc['images'][0]['detections']
+    dets[0]['classifications'] = [['2000003', 0.75], ['1', 0.45], ['2', 0.3], ['0', 0.2]]
+    dets2 = doc['images'][2]['detections']         # cam_b/sub/img3.jpg, --label first
+    dets2[0]['classifications'] = [['1000000', 1.0], ['2000005', 0.7], ['0', 0.4],
+                                   ['1', 0.3]]
+    return doc
+
+
+def test_a_rolled_up_taxon_is_the_scientific_name(inputs, tmp_path):
+    write(tmp_path, 'merged.json', _rollup_doc())
+    assert export_camtrap_dp.main(export_args(inputs)) == 0
+    out = Path(inputs['out'])
+    assert package_errors(out) == []
+    animals = {r['observationID'].split('-')[0]: r for r in read_table(out, 'observations')
+               if r['scientificName']}
+    media = {r['filePath']: r['mediaID'] for r in read_table(out, 'media')}
+    fox_box = animals[media['cam_a/img1.jpg']]
+    assert (fox_box['scientificName'], fox_box['classificationProbability']) == (
+        'canidae', '0.75')                # the taxon and its sum, not 'fox' at 0.45
+    labelled = animals[media['cam_b/sub/img3.jpg']]
+    assert (labelled['scientificName'], labelled['classificationProbability']) == (
+        'mammalia', '0.7')                # not the 'label: deer' entry, not deer at 0.4
+    desc = json.loads((out / 'datapackage.json').read_text())
+    assert desc['taxonomic'] == [{'scientificName': 'canidae'},      # rank unknown
+                                 {'scientificName': 'mammalia'}]
+    # the taxonomy CSV gives the taxa their names and ranks (by label or by name)
+    write(tmp_path, 'taxa.csv', 'label,scientificName,taxonRank\n'
+                                'canidae,Canidae,family\nmammals,Mammalia,class\n'
+                                'fox,Vulpes vulpes,species\n')
+    assert export_camtrap_dp.main(export_args(inputs, '--taxonomy', inputs['taxonomy'])) == 0
+    assert package_errors(out) == []
+    names = {r['scientificName'] for r in read_table(out, 'observations')} - {''}
+    assert names == {'Canidae', 'Mammalia'}
+    desc = json.loads((out / 'datapackage.json').read_text())
+    assert desc['taxonomic'] == [{'scientificName': 'Canidae', 'taxonRank': 'family'},
+                                 {'scientificName': 'Mammalia', 'taxonRank': 'class'}]
+
+
+def test_taxon_categories_are_read_with_or_without_the_prefix():
+    assert camtrap_dp.taxon_name('taxon: canis lupus') == 'canis lupus'
+    assert camtrap_dp.taxon_name('canidae') == 'canidae'
+    det = {'classifications': [['1000002', 1.0], ['3', 0.5], ['2000001', 0.8]]}
+    assert camtrap_dp.classifier_answer(det, 's', 'f') == camtrap_dp.Answer(
+        '2000001', 0.8, True)
+    det = {'classifications': [['1000002', 1.0], ['3', 0.5], ['4', 0.3]]}
+    assert camtrap_dp.classifier_answer(det, 's', 'f') == camtrap_dp.Answer('3', 0.5, False)
+
+
+def test_media_root_prefixes_file_paths(inputs, tmp_path):
+    doc = json.loads(json.dumps(TIMELAPSE))
+    doc['images'][1]['file'] = 'cam_a/night shot #2.jpg'
+    (Path(inputs['images']) / 'cam_a/img2.jpg').rename(
+        Path(inputs['images']) / 'cam_a/night shot #2.jpg')
+    write(tmp_path, 'merged.json', doc)
+    out = Path(inputs['out'])
+    assert export_camtrap_dp.main(export_args(
+        inputs, '--media-root', 'https://data.example.org/survey/photos/')) == 0
+    assert package_errors(out) == []
+    paths = sorted(r['filePath'] for r in read_table(out, 'media'))
+    assert paths == ['https://data.example.org/survey/photos/cam_a/img1.jpg',
+                     'https://data.example.org/survey/photos/cam_a/night%20shot%20%232.jpg',
+                     'https://data.example.org/survey/photos/cam_b/img4.jpg',
+                     'https://data.example.org/survey/photos/cam_b/sub/img3.jpg']
+    assert {r['fileName'] for r in read_table(out, 'media')} >= {'night shot #2.jpg'}
+    assert export_camtrap_dp.main(export_args(inputs, '--media-root', '..\\photos')) == 0
+    paths = sorted(r['filePath'] for r in read_table(out, 'media'))
+    assert paths[0] == '../photos/cam_a/img1.jpg'
+    # a relative path resolves from the package folder to the photo
+    assert (out / paths[0]).resolve() == (Path(inputs['images']) / 'cam_a/img1.jpg').resolve()
+    assert export_camtrap_dp.main(export_args(inputs)) == 0        # default: as before
+    assert sorted(r['filePath'] for r in read_table(out, 'media'))[0] == 'cam_a/img1.jpg'
+
+
+@given(st.lists(st.text(st.characters(codec='utf-8', exclude_categories=('Cs', 'Cc')),
+                       min_size=1, max_size=6).filter(lambda t: '/' not in t and
+                                                      t.strip('.') != ''),
+                min_size=1, max_size=4))
+def test_any_photo_path_becomes_a_url_under_the_media_root(parts):
+    import urllib.parse
+    rel = '/'.join(parts).replace('\\', '_')
+    root = camtrap_dp.check_media_root('https://example.org/a b/')
+    got = camtrap_dp.media_file_path(rel, root)
+    assert not any(c.isspace() for c in got[len(root):])
+    assert urllib.parse.unquote(got) == f'{root}/{posixpath.normpath(rel)}'
+
+
+@pytest.mark.parametrize('root', ['/srv/photos', 'C:\\photos', 'file:///x'])
+def test_absolute_media_root_is_a_usage_error(inputs, capsys, root):
+    with pytest.raises(SystemExit) as e:
+        export_camtrap_dp.main(export_args(inputs, '--media-root', root))
+    assert e.value.code == 2 and '--media-root' in capsys.readouterr().err
+    assert not Path(inputs['out']).exists()
 
 
 def test_bad_utc_offset_is_a_usage_error(inputs, capsys):
