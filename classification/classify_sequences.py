@@ -36,14 +36,23 @@ The CSV (or '-' for stdout), one row per sequence, by camera and start time:
   photos, detections        photos, and animal detections combined
   top_label, top_probability  the category with the highest mean (blank when
                             the sequence has no animal detection)
-  <one column per classification category>  the mean confidences
-The smoothed JSON keeps every other field and records the settings in
-info.sequence_smoothing; it opens in Timelapse as the input does.
+  <one column per classifier category>  the mean confidences
+Only the classifier's categories (ids below 1000000) are combined: merge's true
+labels (--label, "label: <name>") and rollup taxa (--rollup-threshold) are not
+predictions. A file merged with --relative-conf is refused. The smoothed JSON
+keeps every other field and records the settings in info.sequence_smoothing; a
+combined detection keeps its true-label entries (after the sequence's list) and
+loses its rollup taxon (counted in rollup_entries_dropped). It opens in
+Timelapse as the input does. Both outputs are written, or neither.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gzip
+import json
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -99,6 +108,26 @@ def settings_from(args: argparse.Namespace) -> SequenceSettings:
     return SequenceSettings('exif_time', args.threshold, gap)
 
 
+def write_together(outputs: Sequence[tuple[str, str]]) -> None:
+    """Writes each (path, text): every file to a temporary file beside it, then,
+    once all are written and closed, renames them onto their paths; the one
+    going to stdout ('-') last. A failure before the renames leaves no output
+    (only the rename itself, which does not fail in practice, can part them)."""
+    with contextlib.ExitStack() as stack:
+        for path, text in outputs:
+            if path == utils.STDIO:
+                continue
+            tmp = stack.enter_context(utils.atomic_path(path))
+            opener = gzip.open if path.endswith('.gz') else open
+            with opener(tmp, 'wt', encoding='utf-8', newline='') as f:
+                f.write(text)
+        # leaving the stack renames the temporary files (or removes them on an error)
+    for path, text in outputs:
+        if path == utils.STDIO:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
@@ -134,12 +163,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if grouping.singletons:
         logger.warning('%d %s: each is a sequence of its own', grouping.singletons, alone)
     results = sequences.combine(doc, grouping, settings.threshold, args.detections_json)
+    outputs = [(args.output_csv, sequences.results_table(results, categories).to_csv(
+        index=False, float_format='%.6g'))]
     if args.smoothed_json is not None:
         smoothed = sequences.smoothed_document(doc, results, settings.threshold,
                                                asdict(settings), args.detections_json)
-        utils.write_json(smoothed, args.smoothed_json, indent=args.json_indent)
-    utils.write_csv(sequences.results_table(results, categories), args.output_csv,
-                    float_format='%.6g')
+        outputs.insert(0, (args.smoothed_json,
+                           json.dumps(smoothed, indent=args.json_indent, ensure_ascii=False)
+                           + '\n'))
+    write_together(outputs)
     logger.info('%d photos in %d sequences, %d with an animal detection', len(files),
                 len(results), sum(r.probs is not None for r in results))
     return 0

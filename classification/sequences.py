@@ -21,13 +21,22 @@ Grouping, two ways:
 Combination (``combine``): the *animal detections* of a sequence are the
 detections of its photos whose category is named ``animal``, whose ``conf`` is
 at least the threshold and that carry a ``classifications`` list. Each one is
-read as a vector over ``classification_categories`` (a category its list does
+read as a vector over the classifier's categories (a category its list does
 not name counts as 0: merge_classification_detection_output leaves out those
 under its own threshold). The sequence's classification is the mean of these
 vectors weighted by each detection's ``conf`` (so a faint box, often a rock or
 a shadow, counts less than a clear animal; if every conf is 0, plain mean);
 its top label is the category with the highest mean (the lowest category id
 on a tie). A sequence without animal detections has no classification.
+
+The classifier's categories are those of ``classification_categories`` with an
+id below 1000000. merge_classification_detection_output adds two other kinds,
+which are not predictions and are never combined: the true label (``--label``:
+ids from 1000000, "label: <name>", confidence 1.0) and the taxon of its
+taxonomic rollup (ids from 2000000, only on detections whose top label was
+below the rollup threshold). A document merged with ``--relative-conf``
+(``info.classifier_metadata.relative_conf``) holds differences of
+confidences, not confidences, and is refused.
 """
 from __future__ import annotations
 
@@ -35,7 +44,7 @@ import datetime as dt
 import math
 import posixpath
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +59,9 @@ from detection.detector_output import animal_category_ids
 CSV_COLUMNS = ('seq_id', 'camera', 'first_file', 'last_file', 'start_time', 'end_time',
                'photos', 'detections', 'top_label', 'top_probability')
 TIME_FORMAT = '%Y-%m-%d %H:%M:%S'
+# category ids of merge_classification_detection_output that are not the classifier's
+LABEL_ID_OFFSET = 1_000_000     # the true label (--label), "label: <name>"
+TAXON_ID_OFFSET = 2_000_000     # a taxon of the taxonomic rollup (--rollup-threshold)
 
 
 @dataclass(frozen=True)
@@ -225,39 +237,70 @@ def sequences_from_times(times: Mapping[str, dt.datetime | None], max_gap_second
     return Grouping(_ordered(out), singletons=singletons)
 
 
+def category_kind(cat_id: str) -> str:
+    """``'classifier'``, ``'label'`` (a true label) or ``'taxon'`` (a rollup taxon),
+    by the ranges of ids merge_classification_detection_output uses."""
+    if not cat_id.isdigit():
+        return 'classifier'
+    n = int(cat_id)
+    return 'taxon' if n >= TAXON_ID_OFFSET else 'label' if n >= LABEL_ID_OFFSET else 'classifier'
+
+
 def category_order(doc: Mapping[str, Any], source: str) -> list[tuple[str, str]]:
-    """``classification_categories`` as (id, name) pairs in id order (numeric ids
-    by value). Raises InputError for a document without classifications."""
+    """The classifier's ``classification_categories`` (ids below 1000000) as
+    (id, name) pairs in id order (numeric ids by value). Raises InputError for a
+    document without them, or merged with ``--relative-conf``."""
     cats = doc.get('classification_categories')
     if not isinstance(cats, Mapping) or not cats:
         raise InputError(f'{source}: no "classification_categories" (run '
                          'merge_classification_detection_output on it first)')
     if not all(isinstance(k, str) and isinstance(v, str) and v for k, v in cats.items()):
         raise InputError(f'{source}: "classification_categories" must map ids to names')
-    names = list(cats.values())
+    info = doc.get('info')
+    meta = info.get('classifier_metadata') if isinstance(info, Mapping) else None
+    if isinstance(meta, Mapping) and meta.get('relative_conf') is True:
+        raise InputError(f'{source}: merged with --relative-conf (its confidences are '
+                         'differences from the true label\'s, not probabilities); merge '
+                         'without it to combine sequences')
+    own = {k: v for k, v in cats.items() if category_kind(k) == 'classifier'}
+    if not own:
+        raise InputError(f'{source}: no classifier categories (ids below {LABEL_ID_OFFSET}), '
+                         'only true labels or taxa: nothing to combine')
+    names = list(own.values())
     clash = sorted({n for n in names if names.count(n) > 1} | (set(names) & set(CSV_COLUMNS)))
     if clash:
         raise InputError(f'{source}: classification category name {clash[0]!r} is used twice '
                          'or names a column of the sequence CSV; rename it')
-    return sorted(((k, v) for k, v in cats.items()),
+    return sorted(own.items(),
                   key=lambda kv: (not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit() else 0,
                                   kv[0]))
 
 
-def _vector(det: Mapping[str, Any], index: Mapping[str, int], where: str) -> np.ndarray:
+def _vector(det: Mapping[str, Any], index: Mapping[str, int], others: Collection[str],
+            where: str) -> np.ndarray:
+    """A detection's classifier confidences over ``index``; entries of ``others``
+    (true labels, taxa) are checked and left out."""
     lst = det['classifications']
     if not isinstance(lst, list):
         raise InputError(f'{where}: "classifications" must be a list of [category, confidence]')
     vec = np.zeros(len(index))
     for item in lst:
-        if (not isinstance(item, list) or len(item) != 2 or str(item[0]) not in index
+        if (not isinstance(item, list) or len(item) != 2
+                or (str(item[0]) not in index and str(item[0]) not in others)
                 or isinstance(item[1], bool) or not isinstance(item[1], (int, float))
                 or not 0 <= item[1] <= 1):
             raise InputError(f'{where}: classification {str(item)[:60]} is not [a category of '
                              'classification_categories, a confidence from 0 to 1]')
-        k = index[str(item[0])]
-        vec[k] = max(vec[k], float(item[1]))
+        k = index.get(str(item[0]))
+        if k is not None:
+            vec[k] = max(vec[k], float(item[1]))
     return vec
+
+
+def _other_categories(doc: Mapping[str, Any]) -> frozenset[str]:
+    """Ids of the categories that are not the classifier's (true labels, taxa)."""
+    return frozenset(k for k in doc['classification_categories']
+                     if category_kind(k) != 'classifier')
 
 
 def combined_detections(img: Mapping[str, Any], animals: set[str], threshold: float
@@ -276,6 +319,7 @@ def combine(doc: Mapping[str, Any], grouping: Grouping, threshold: float, source
     Raises InputError for a malformed classification, naming photo and box."""
     cats = category_order(doc, source)
     index = {k: i for i, (k, _) in enumerate(cats)}
+    others = _other_categories(doc)
     animals = animal_category_ids(doc)
     by_file = {same_file(img['file']): img for img in doc['images']}
     results = []
@@ -284,7 +328,7 @@ def combine(doc: Mapping[str, Any], grouping: Grouping, threshold: float, source
         for file in seq.files:
             img = by_file[same_file(file)]
             for j in combined_detections(img, animals, threshold):
-                vectors.append(_vector(img['detections'][j], index,
+                vectors.append(_vector(img['detections'][j], index, others,
                                        f'{source}: {file}: detection {j}'))
                 weights.append(float(img['detections'][j]['conf']))
         probs = None
@@ -332,8 +376,11 @@ def smoothed_document(doc: Mapping[str, Any], results: Sequence[SequenceResult],
                       ) -> dict[str, Any]:
     """A copy of ``doc`` in which every detection that a sequence combined carries
     the sequence's classification list instead of its own; other detections and
-    fields are kept. ``info.sequence_smoothing`` records ``settings``, the
-    number of sequences and the time."""
+    fields are kept. A combined detection keeps its true-label entries (after the
+    sequence's list) and loses its rollup taxa (they answered its own
+    classification). ``info.sequence_smoothing`` records ``settings``, the
+    number of sequences, the number of taxon entries dropped (when there were
+    any) and the time."""
     cats = category_order(doc, source)
     animals = animal_category_ids(doc)
     lists: dict[str, list[list[Any]]] = {}
@@ -343,6 +390,7 @@ def smoothed_document(doc: Mapping[str, Any], results: Sequence[SequenceResult],
             for f in r.sequence.files:
                 lists[same_file(f)] = combined
     images = []
+    dropped = 0
     for img in doc['images']:
         own = lists.get(same_file(img['file']))
         idx = combined_detections(img, animals, threshold) if own is not None else []
@@ -351,9 +399,16 @@ def smoothed_document(doc: Mapping[str, Any], results: Sequence[SequenceResult],
             continue
         dets = [dict(d) for d in img['detections']]
         for j in idx:
-            dets[j]['classifications'] = [list(item) for item in own]
+            kinds = [category_kind(str(item[0])) for item in dets[j]['classifications']]
+            dropped += kinds.count('taxon')
+            labels = [list(item) for item, kind in zip(dets[j]['classifications'], kinds,
+                                                       strict=True) if kind == 'label']
+            dets[j]['classifications'] = [list(item) for item in own] + labels
         images.append({**img, 'detections': dets})
     info = dict(doc.get('info') or {})
-    info['sequence_smoothing'] = {**settings, 'sequences': len(results),
+    smoothing = {**settings, 'sequences': len(results)}
+    if dropped:
+        smoothing['rollup_entries_dropped'] = dropped
+    info['sequence_smoothing'] = {**smoothing,
                                   'completion_time': time.strftime('%Y-%m-%d %H:%M:%S')}
     return {**doc, 'info': info, 'images': images}

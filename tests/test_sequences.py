@@ -3,6 +3,7 @@ classifications, the per-sequence CSV and the smoothed Timelapse JSON."""
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import io
 import json
 import re
@@ -194,6 +195,43 @@ def test_malformed_classifications_are_refused(bad, fragment):
         sequences.combine(doc, grouping, 0.2, 'd.json')
 
 
+def test_true_labels_and_rollup_taxa_are_not_combined():
+    """merge's "label: X" entries (ids from 1000000, conf 1.0) and rollup taxa (ids
+    from 2000000) are not predictions: left out of the vectors, the CSV and the
+    top label; in the smoothed JSON the labels stay (last) and the taxa go."""
+    doc = merged_doc([
+        ('c/1.jpg', [det(0.9, [['2000003', 0.85], ['1', 0.5], ['0', 0.35], ['1000000', 1.0]]),
+                     det(0.1, [['2000003', 0.9], ['2', 0.4]])]),        # under the threshold
+        ('c/2.jpg', [det(0.9, [['1', 0.6], ['1000000', 1.0]])]),
+    ])
+    doc['classification_categories'].update(
+        {'1000000': 'label: deer', '1000001': 'label: fox', '1000002': 'label: rabbit',
+         '2000003': 'taxon: canidae'})
+    grouping = sequences.sequences_from_times({'c/1.jpg': T0, 'c/2.jpg': T0}, 60)
+    cats = sequences.category_order(doc, 'd.json')
+    assert cats == list(CATS.items())
+    (r,) = sequences.combine(doc, grouping, 0.2, 'd.json')
+    assert r.probs == pytest.approx((0.175, 0.55, 0.0)) and r.top() == 1
+    table = sequences.results_table([r], cats)
+    assert list(table.columns) == [*sequences.CSV_COLUMNS, 'deer', 'fox', 'rabbit']
+    assert table.loc[0, 'top_label'] == 'fox'
+    assert table.loc[0, 'top_probability'] == pytest.approx(0.55)
+    got = sequences.smoothed_document(doc, [r], 0.2, {}, 'd.json')
+    lists = [[d['classifications'] for d in img['detections']] for img in got['images']]
+    assert lists == [[[['1', 0.55], ['0', 0.175], ['1000000', 1.0]],
+                      [['2000003', 0.9], ['2', 0.4]]],                  # not combined: as it was
+                     [[['1', 0.55], ['0', 0.175], ['1000000', 1.0]]]]
+    assert got['info']['sequence_smoothing']['rollup_entries_dropped'] == 1
+    # without taxa on the combined detections, no count
+    doc['images'][0]['detections'][0]['classifications'].pop(0)
+    got = sequences.smoothed_document(doc, [r], 0.2, {}, 'd.json')
+    assert 'rollup_entries_dropped' not in got['info']['sequence_smoothing']
+    # an unknown id is still refused, a label id among them or not
+    doc['images'][1]['detections'][0]['classifications'].append(['1000009', 1.0])
+    with pytest.raises(InputError, match=re.escape('is not [a category')):
+        sequences.combine(doc, grouping, 0.2, 'd.json')
+
+
 # ------------------------------------------------------------------ the command
 
 def _inputs(t):
@@ -266,6 +304,90 @@ def test_exif_times_group_photos_by_folder(tmp_path):
         ('b#0001', 1, '2025-07-01 06:00:01'), ('b#0002', 1, '')]
 
 
+def test_both_outputs_land_together(tmp_path):
+    """CSV to stdout with the JSON to a file; both gzipped by their suffix."""
+    merged, coco, _ = _inputs(tmp_path)
+    proc = run_module('classification.classify_sequences', merged, '-', '--coco', coco,
+                      '--smoothed-json', str(tmp_path / 's.json'))
+    assert len(pd.read_csv(io.StringIO(proc.stdout))) == 3
+    assert read_json(tmp_path / 's.json')['info']['sequence_smoothing']['sequences'] == 3
+    out, smooth = tmp_path / 'o' / 'seq.csv.gz', tmp_path / 'o' / 's.json.gz'
+    assert classify_sequences.main([merged, str(out), '--coco', coco, '--smoothed-json',
+                                    str(smooth)]) == 0
+    assert len(pd.read_csv(out)) == 3
+    with gzip.open(smooth, 'rt') as f:
+        assert len(json.load(f)['images']) == 5
+    assert sorted(p.name for p in (tmp_path / 'o').iterdir()) == ['s.json.gz', 'seq.csv.gz']
+
+
+def _merge_for_sequences(t, *extra):
+    """merge_classification_detection_output run on four photos of two cameras (one
+    animal box each; true labels in the CSV), then classify_sequences with one
+    sequence per camera. Returns (CSV table, smoothed JSON, merged JSON)."""
+    from classification import merge_classification_detection_output as mcdo
+    from classification.utils import label_index_dict
+    from tests.test_rollup import LABELS, SPEC, probs_of, taxonomy_csv
+    files = [f'{cam}/img{k}.jpg' for cam in ('cam_00', 'cam_01') for k in range(2)]
+    rows = [dict(red_fox=0.9, deer=0.1), dict(red_fox=0.5, swift_fox=0.35, deer=0.15),
+            dict(empty=0.5, deer=0.3, turkey=0.2), dict(red_fox=0.45, deer=0.4, swift_fox=0.15)]
+    probs = pd.DataFrame([probs_of(**r)[0] for r in rows], columns=LABELS)
+    probs.insert(0, 'path', [f'{f}___crop00_mdv5a.0.0.jpg' for f in files])
+    probs.insert(1, 'label', ['red_fox', 'swift_fox', 'deer', 'deer'])
+    detections = merged_doc([(f, [det(0.9)]) for f in files])
+    del detections['classification_categories']
+    args = [write(t, 'probs.csv', probs.to_csv(index=False)),
+            write(t, 'index.json', label_index_dict(LABELS)), '-j',
+            write(t, 'det.json', detections), '-o', str(t / 'merged.json'), '-n', 'clf', *extra]
+    if '--rollup-threshold' in extra:
+        args += ['--taxonomy-csv', write(t, 'tax.csv', taxonomy_csv()),
+                 '--label-spec', write(t, 'spec.json', SPEC)]
+    assert mcdo.main(args) == 0
+    coco = write(t, 'coco.json', {'images': [
+        {'file_name': f, 'seq_id': f.split('/')[0], 'location': f.split('/')[0]}
+        for f in files]})
+    assert classify_sequences.main([str(t / 'merged.json'), str(t / 'seq.csv'), '--coco', coco,
+                                    '--smoothed-json', str(t / 's.json')]) == 0
+    assert_valid_megadetector_output(t / 's.json')
+    return (pd.read_csv(t / 'seq.csv', keep_default_na=False), read_json(t / 's.json'),
+            read_json(t / 'merged.json'))
+
+
+def _check_merged_sequences(table, smooth, merged):
+    from tests.test_rollup import LABELS
+    assert list(table.columns) == [*sequences.CSV_COLUMNS, *LABELS]
+    assert list(table['top_label']) == ['red_fox', 'deer']
+    assert list(table['top_probability']) == pytest.approx([0.7, 0.35])
+    assert table.loc[0, 'swift_fox'] == pytest.approx(0.175)
+    cats = merged['classification_categories']
+    for before, after in zip(merged['images'], smooth['images'], strict=True):
+        old, new = before['detections'][0], after['detections'][0]['classifications']
+        truth = [e for e in old['classifications'] if cats[e[0]].startswith('label: ')]
+        assert len(truth) == 1 and truth[0][1] == 1.0
+        assert new[-1] == truth[0]                      # the true label, kept, last
+        assert all(int(c) < 1000000 for c, _ in new[:-1])
+        top = table.set_index('seq_id').loc[before['file'].split('/')[0], 'top_label']
+        assert new[0][0] == str(LABELS.index(top))      # the sequence's list first
+
+
+def test_a_merge_with_true_labels_last(tmp_path):
+    from tests.test_rollup import LABELS
+    table, smooth, merged = _merge_for_sequences(tmp_path, '--label', 'last')
+    assert merged['images'][2]['detections'][0]['classifications'][-1] == [
+        str(1000000 + LABELS.index('deer')), 1.0]       # deer's true label, as merge writes it
+    _check_merged_sequences(table, smooth, merged)
+    assert 'rollup_entries_dropped' not in smooth['info']['sequence_smoothing']
+
+
+def test_a_merge_with_a_taxonomic_rollup(tmp_path):
+    table, smooth, merged = _merge_for_sequences(tmp_path, '--label', 'first',
+                                                 '--rollup-threshold', '0.8')
+    taxa = [c for img in merged['images'] for c, _ in img['detections'][0]['classifications']
+            if int(c) >= 2000000]
+    assert len(taxa) == 2                               # vulpes, mammalia: below 0.8
+    _check_merged_sequences(table, smooth, merged)
+    assert smooth['info']['sequence_smoothing']['rollup_entries_dropped'] == 2
+
+
 def refused(t, args, fragment):
     before = snapshot(t)
     proc = run_module('classification.classify_sequences', *args, check=False)
@@ -288,6 +410,9 @@ def refused(t, args, fragment):
     ('a gap with --coco', '--max-gap-seconds goes with --images-dir'),
     ('a photo path leaving the folder', 'would leave'),
     ('no images folder', 'no such folder'),
+    ('a --relative-conf merge', 'merged with --relative-conf'),
+    ('true labels only', 'no classifier categories'),
+    ('the CSV cannot be written', 'File exists'),
 ])
 def test_inconsistent_inputs_are_refused(tmp_path, case, fragment):
     merged, coco, doc = _inputs(tmp_path)
@@ -322,6 +447,17 @@ def test_inconsistent_inputs_are_refused(tmp_path, case, fragment):
         args = [merged, out, '--images-dir', str(tmp_path)]
     elif case == 'no images folder':
         args = [merged, out, '--images-dir', str(tmp_path / 'none')]
+    elif case == 'a --relative-conf merge':
+        doc['info']['classifier_metadata'] = {'relative_conf': True}
+        write(tmp_path, 'merged.json', doc)
+    elif case == 'true labels only':
+        doc['classification_categories'] = {str(1000000 + int(k)): f'label: {v}'
+                                             for k, v in CATS.items()}
+        write(tmp_path, 'merged.json', doc)
+    elif case == 'the CSV cannot be written':
+        # the smoothed JSON could be: it must not land without the CSV
+        write(tmp_path, 'blocker', 'a file where a folder should be')
+        args[1] = str(tmp_path / 'blocker' / 'seq.csv')
     refused(tmp_path, args, fragment)
 
 
