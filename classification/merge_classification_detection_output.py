@@ -19,7 +19,10 @@ label), or both. --label first|last adds the true label as category
 ``1000000 + index`` with confidence 1.0 (named "label: <name>"); with a CSV
 of labels only, that is the whole list. --relative-conf replaces each
 confidence by how far it exceeds the true label's confidence (for finding
-mislabeled images in Timelapse).
+mislabeled images in Timelapse); those are differences, not probabilities, so
+``info.classifier_metadata.relative_conf`` is set to true, and later steps
+(classify_sequences, export_camtrap_dp) refuse the file. Category names must
+be unique: a label named like the "label: X" or "taxon: X" entries is refused.
 
 Example:
     python -m classification.merge_classification_detection_output \
@@ -40,14 +43,18 @@ Taxonomy (classification/rollup.py has the rules):
   label outside the taxonomy is described by its own name.
 - --rollup-threshold T: a detection whose top label is below T gets, first in
   its list, the lowest taxon whose labels' summed probability reaches T: category
-  ``2000000 + index`` (named by the taxon, e.g. "canidae"), with that sum; the
-  categories list the taxa a rollup can answer (two labels or more below). The
-  label entries follow as without the rollup. Detections whose top label reaches
-  T, or for which no taxon does, keep their list as it is.
+  ``2000000 + index`` (named "taxon: <name>", e.g. "taxon: canidae", apart from
+  a label "canidae"; "taxon: <name> (<level>)" where two taxa share a name), with
+  that sum; the categories list the taxa a rollup can answer (two labels or more
+  below, not all under one child, and not every label of the tree). The label
+  entries follow as without the rollup. Detections whose top label reaches T, or
+  for which no taxon does, keep their list as it is.
   --rollup-max-level (e.g. class) keeps taxa above that level out.
 - --allow-list FILE: labels allowed per location (a photo's longest listed
-  folder prefix, or "*"); other labels get 0, the rest are rescaled to sum to 1,
-  before the threshold and the rollup. The listed confidences are the rescaled ones.
+  folder prefix, or "*"; case-sensitive, "./" and trailing "/" ignored); other
+  labels get 0, the rest are rescaled to sum to 1, before the threshold and the
+  rollup. The listed confidences are the rescaled ones. Each listed location
+  that matches no photo is logged as a warning.
 
     python -m classification.merge_classification_detection_output \
         classifier_output.csv.gz label_index.json --detection-json detections.json \
@@ -245,6 +252,7 @@ def apply_taxonomy(probs_df: pd.DataFrame, images: pd.Series, label_names: Seque
     if options.allow_list is not None:
         probs, unmatched, emptied = rollup.apply_allow_list(probs, images, label_names,
                                                             options.allow_list)
+        rollup.log_unused_locations(images, options.allow_list)
         if unmatched:
             logger.warning('allow-list: %d crop(s) of photos at no listed location, left '
                            'unfiltered', unmatched)
@@ -275,6 +283,19 @@ def _descriptions(categories: Mapping[str, str], lt: rollup.LabelTaxa) -> dict[s
         else:
             out[key] = lt.label_description(i % LABEL_ID_OFFSET)
     return out
+
+
+def check_unique_names(categories: Mapping[str, str]) -> None:
+    """Refuses two categories of one name (later steps, like classify_sequences,
+    tell categories apart by name): a label named like merge's ``label: X`` or
+    ``taxon: X`` entries."""
+    seen: dict[str, str] = {}
+    for key, name in categories.items():
+        if name in seen:
+            raise utils.InputError(f'classification category name {name!r} is used twice '
+                                   f'(categories {seen[name]} and {key}); rename the label '
+                                   '(the names "label: X" and "taxon: X" are merge\'s own)')
+        seen[name] = key
 
 
 def merge(probs_df: pd.DataFrame, label_names: Sequence[str], detections: Mapping[str, Any],
@@ -317,12 +338,15 @@ def merge(probs_df: pd.DataFrame, label_names: Sequence[str], detections: Mappin
         info['format_version'] = FORMAT_VERSION
     info['classifier'] = classifier_name
     info['classification_completion_time'] = time.strftime('%Y-%m-%d %H:%M:%S')
-    if typical_threshold is not None or options.threshold is not None:
+    if typical_threshold is not None or options.threshold is not None or relative_conf:
         meta = dict(info.get('classifier_metadata') or {})
         if typical_threshold is not None:
             meta['typical_classification_threshold'] = typical_threshold
         if options.threshold is not None:
             meta['taxonomic_rollup_threshold'] = options.threshold
+        if relative_conf:
+            # confidences are differences, not probabilities: later steps refuse them
+            meta['relative_conf'] = True
         info['classifier_metadata'] = meta
     out['info'] = info
     categories = utils.label_index_dict(label_names)
@@ -330,9 +354,9 @@ def merge(probs_df: pd.DataFrame, label_names: Sequence[str], detections: Mappin
         categories.update({str(i + LABEL_ID_OFFSET): f'label: {n}'
                            for i, n in enumerate(label_names)})
     if rolled is not None and options.label_taxa is not None:
-        answerable = options.label_taxa.answerable()
-        categories.update({str(TAXON_ID_OFFSET + k): t.name
-                           for k, t in enumerate(options.label_taxa.taxa) if answerable[k]})
+        categories.update({str(TAXON_ID_OFFSET + k): name for k, name
+                           in rollup.taxon_category_names(options.label_taxa).items()})
+    check_unique_names(categories)
     out['classification_categories'] = categories
     if options.label_taxa is not None:
         out['classification_category_descriptions'] = _descriptions(categories,
@@ -393,7 +417,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='add the true label (category 1000000 + index, conf 1.0) first or '
                              'last in each list')
     parser.add_argument('--relative-conf', action='store_true',
-                        help='confidence minus the true label\'s confidence (floored at 0)')
+                        help='confidence minus the true label\'s confidence (floored at 0); '
+                             'recorded as info.classifier_metadata.relative_conf')
     parser.add_argument('--json-indent', type=utils.nonneg_int,
                         help='indent the output JSON (default: compact, fastest)')
     tax = parser.add_argument_group('taxonomy (see classification/rollup.py)')

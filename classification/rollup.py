@@ -34,6 +34,14 @@ its nearest ancestor of a known level. ``max_level`` (e.g. ``class``) keeps
 taxa above that level out of the answer. When no taxon reaches ``T`` the answer
 is "none" (unknown). Sums are compared with a tolerance of 1e-9.
 
+Only some taxa can be answers (``LabelTaxa.answerable``): those with at least
+two labels at or below them, none of whose children holds all of those labels
+(the child is the answer), and which do not hold every label in the tree. The
+probabilities of a crop sum to 1, so the taxon above every label (the root, or
+the lowest common ancestor of all labels) would reach any threshold whenever
+nothing lower does: it would turn every "none" into e.g. "animalia 1.0", which
+says no more than the detector's "animal".
+
 Allow-lists
 -----------
 An allow-list names the labels that may occur at each location, as CSV::
@@ -44,13 +52,17 @@ An allow-list names the labels that may occur at each location, as CSV::
     *,deer
 
 or as JSON ``{"cam_00": ["deer", "fox"], "*": ["deer"]}`` (chosen by the
-``.json`` / ``.json.gz`` suffix). Every label must be a classifier label. A
-photo's location is the longest of its folder prefixes that the list names
+``.json`` / ``.json.gz`` suffix). A CSV may start with a UTF-8 byte order mark
+(Excel's "CSV UTF-8"). Every label must be a classifier label. Locations are
+folder paths compared with ``/`` separators, without empty or ``.`` parts
+(``./north/cam_00/`` is ``north/cam_00``), and case-sensitively. A photo's
+location is the longest of its folder prefixes that the list names
 (``north/cam_00/img.jpg`` is at ``north/cam_00`` if listed, else at
 ``north``); ``*`` is the location of every photo matching no other entry, and
-photos matching nothing are left unfiltered. For a photo at a listed location,
-the other labels' probabilities become 0 and the rest are scaled to sum to 1
-(a crop with nothing left keeps all zeros).
+photos matching nothing are left unfiltered. A listed location that no photo
+falls under is logged (``log_unused_locations``). For a photo at a listed
+location, the other labels' probabilities become 0 and the rest are scaled to
+sum to 1 (a crop with nothing left keeps all zeros).
 """
 from __future__ import annotations
 
@@ -58,7 +70,6 @@ import csv
 import io
 import logging
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -133,9 +144,13 @@ class LabelTaxa:
 
     def answerable(self) -> np.ndarray:
         """Per taxon, whether rollup can answer it: at least two labels lie at or
-        below it, and none of its children holds them all (that child comes first)."""
+        below it, none of its children holds them all (that child comes first),
+        and it does not hold every label in the tree (probabilities sum to 1, so
+        such a taxon would always reach the threshold, and says no more than the
+        detector's "animal")."""
         counts = self.membership().sum(axis=0)
-        ok = counts >= 2
+        in_tree = sum(t is not None for t in self.label_taxon)
+        ok = (counts >= 2) & (counts < in_tree)
         for t, taxon in enumerate(self.taxa):
             if len(taxon.lineage) > 1:
                 parent = self._index[taxon.lineage[-2]]
@@ -153,6 +168,19 @@ class LabelTaxa:
                     ranks[t] = TAXONOMY_LEVELS.index(level)
                     break
         return ranks
+
+
+def taxon_category_names(lt: LabelTaxa) -> dict[int, str]:
+    """{index into ``lt.taxa``: category name} of the taxa rollup can answer:
+    ``taxon: <name>``, so that a taxon never takes the name of a label (such as
+    a remainder label named after its family); ``taxon: <name> (<level>)`` where
+    two such taxa share a name."""
+    picked = np.flatnonzero(lt.answerable()).tolist()
+    counts: dict[str, int] = {}
+    for k in picked:
+        counts[lt.taxa[k].name] = counts.get(lt.taxa[k].name, 0) + 1
+    return {k: (f'taxon: {lt.taxa[k].name}' if counts[lt.taxa[k].name] == 1
+                else f'taxon: {lt.taxa[k].name} ({lt.taxa[k].level})') for k in picked}
 
 
 def _lineage(tax: Taxonomy, key: TaxonKey) -> tuple[TaxonKey, ...]:
@@ -328,8 +356,10 @@ AllowList = dict[str, frozenset[str]]
 
 
 def _location_key(text: str) -> str:
-    key = text.strip().replace('\\', '/').strip('/')
-    return re.sub('/+', '/', key)
+    """A folder path as the allow-list compares it: ``/`` separators, no empty or
+    ``.`` parts (``./north//cam_00/`` is ``north/cam_00``); case is kept."""
+    parts = text.strip().replace('\\', '/').split('/')
+    return '/'.join(p for p in parts if p not in ('', '.'))
 
 
 def _add(out: dict[str, set[str]], location: str, label: str, labels: frozenset[str],
@@ -398,7 +428,8 @@ def read_allow_list(path: str | os.PathLike[str], labels: Iterable[str]) -> Allo
         except UnicodeDecodeError as e:
             raise utils.InputError(f'{path}: not UTF-8 text ({e.reason} at byte '
                                    f'{e.start})') from e
-    return parse_allow_list_csv(text, labels, str(path))
+    # a byte order mark, as Excel writes "CSV UTF-8" (utf-8-sig)
+    return parse_allow_list_csv(text.removeprefix('\ufeff'), labels, str(path))
 
 
 def photo_location(photo: str, locations: Iterable[str]) -> str | None:
@@ -413,6 +444,48 @@ def photo_location(photo: str, locations: Iterable[str]) -> str | None:
     return DEFAULT_LOCATION if DEFAULT_LOCATION in keys else None
 
 
+def _photo_folders(photos: Sequence[str] | pd.Series) -> tuple[np.ndarray, Sequence[str]]:
+    """Per photo, an index into the distinct ``<folder>/x`` paths (what
+    photo_location reads), and those paths."""
+    series = pd.Series(photos, dtype=str).reset_index(drop=True)
+    folders = series.str.replace('\\', '/', regex=False).str.rpartition('/')[0] + '/x'
+    codes, uniques = pd.factorize(folders)
+    return np.asarray(codes), list(uniques)
+
+
+def unused_locations(photos: Sequence[str] | pd.Series,
+                     allow: Mapping[str, frozenset[str]]) -> list[str]:
+    """The listed locations (``*`` aside) that no photo falls under, sorted."""
+    _, uniques = _photo_folders(photos)
+    used = {photo_location(f, allow) for f in uniques}
+    return sorted(loc for loc in allow if loc != DEFAULT_LOCATION and loc not in used)
+
+
+def log_unused_locations(photos: Sequence[str] | pd.Series,
+                         allow: Mapping[str, frozenset[str]], limit: int = 20) -> list[str]:
+    """Warns of each listed location no photo falls under (the first ``limit`` by
+    name, then how many more), pointing out a photo folder that differs only in
+    case. Returns those locations."""
+    unused = unused_locations(photos, allow)
+    if not unused:
+        return unused
+    by_lower: dict[str, str] = {}
+    for folder in _photo_folders(photos)[1]:
+        parts = _location_key(folder).split('/')[:-1]
+        for k in range(1, len(parts) + 1):
+            prefix = '/'.join(parts[:k])
+            by_lower.setdefault(prefix.lower(), prefix)
+    for loc in unused[:limit]:
+        near = by_lower.get(loc.lower())
+        hint = (f' (photos are in {near!r}: location names are case-sensitive)'
+                if near is not None else '')
+        logger.warning('allow-list: location %r matches no photo%s', loc, hint)
+    if len(unused) > limit:
+        logger.warning('allow-list: and %d more location(s) that match no photo',
+                       len(unused) - limit)
+    return unused
+
+
 def apply_allow_list(probs: np.ndarray, photos: Sequence[str] | pd.Series,
                      labels: Sequence[str], allow: Mapping[str, frozenset[str]]
                      ) -> tuple[np.ndarray, int, int]:
@@ -420,9 +493,7 @@ def apply_allow_list(probs: np.ndarray, photos: Sequence[str] | pd.Series,
     rest to sum to 1. Returns (new probabilities, rows at no listed location,
     rows left with nothing)."""
     probs = np.array(probs, dtype=np.float64)
-    photos = pd.Series(photos, dtype=str).reset_index(drop=True)
-    folders = photos.str.replace('\\', '/', regex=False).str.rpartition('/')[0] + '/x'
-    codes, uniques = pd.factorize(folders)
+    codes, uniques = _photo_folders(photos)
     locs = sorted(allow)
     mask = np.ones((len(locs) + 1, len(labels)))          # last row: unfiltered
     for i, loc in enumerate(locs):

@@ -5,7 +5,9 @@ label when its probability reaches --threshold, else the lowest taxon whose
 labels' summed probability does, else nothing (rules: classification/rollup.py;
 merge_classification_detection_output --rollup-threshold does the same in the
 Timelapse JSON). --allow-list first keeps to the labels allowed at each photo's
-location (the crop path's longest listed folder prefix, or "*").
+location (the crop path's longest listed folder prefix, or "*"; case-sensitive),
+and warns of each listed location that matches no crop. A taxon holding every
+label of the tree is never an answer: such crops get none.
 
 Example:
     python -m classification.rollup_classifier_probs classifier_output.csv.gz \
@@ -75,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.allow_list:
         allow = rollup.read_allow_list(args.allow_list, labels)
         probs, unmatched, emptied = rollup.apply_allow_list(probs, df['path'], labels, allow)
+        rollup.log_unused_locations(df['path'], allow)
         if unmatched:
             logger.warning('allow-list: %d crop(s) at no listed location, left unfiltered',
                            unmatched)

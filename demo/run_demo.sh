@@ -107,7 +107,7 @@ $PY -m classification.merge_classification_detection_output \
     --output-json "$N/detections_with_classifications.json" \
     --classifier-name "demo-$MODEL" --threshold 0.05 \
     --taxonomy-csv "$P/taxonomy.csv" --label-spec "$B/label_spec.json" \
-    --rollup-threshold 0.9 --rollup-max-level class
+    --rollup-threshold 0.9
 
 step "13. classify_sequences: one label per sequence (EXIF times), smoothed Timelapse JSON"
 $PY -m classification.classify_sequences "$N/detections_with_classifications.json" \

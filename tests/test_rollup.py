@@ -131,9 +131,9 @@ def test_labels_the_taxonomy_cannot_place_are_refused(tmp_path, spec, labels, me
 
 
 def test_only_taxa_two_labels_meet_at_can_be_answers(tree):
+    # animalia holds every label in the tree: never an answer
     ok = {t.name for t, a in zip(tree.taxa, tree.answerable(), strict=True) if a}
-    assert ok == {'vulpes', 'canis', 'canidae', 'carnivora', 'mammalia', 'phasianidae',
-                  'animalia'}
+    assert ok == {'vulpes', 'canis', 'canidae', 'carnivora', 'mammalia', 'phasianidae'}
 
 
 # ---------------------------------------------------------------- rollup
@@ -381,12 +381,13 @@ def test_rollup_in_the_timelapse_json(merge_inputs):
     lists = [img['detections'][0]['classifications'] for img in merged['images']]
     assert [cats[c] for c, _ in lists[0]] == ['red_fox', 'deer']    # 0.9: no rollup
     top = lists[1][0]
-    assert cats[top[0]] == 'vulpes' and top[1] == 0.85
+    assert cats[top[0]] == 'taxon: vulpes' and top[1] == 0.85
     assert desc[top[0]] == 'animalia;mammalia;carnivora;canidae;vulpes'
     assert [cats[c] for c, _ in lists[1][1:]] == ['red_fox', 'swift_fox', 'deer']
     assert [cats[c] for c, _ in lists[2]] == ['empty', 'deer', 'turkey']  # no taxon reaches it
-    assert cats[lists[3][0][0]] == 'mammalia' and lists[3][0][1] == 1.0
-    assert 'meleagris' not in cats.values()          # only turkey below: never an answer
+    assert cats[lists[3][0][0]] == 'taxon: mammalia' and lists[3][0][1] == 1.0
+    assert 'taxon: meleagris' not in cats.values()   # only turkey below: never an answer
+    assert 'taxon: animalia' not in cats.values()    # above every label: never an answer
     assert int(top[0]) >= mcdo.TAXON_ID_OFFSET
     assert merged['info']['classifier_metadata']['taxonomic_rollup_threshold'] == 0.8
     from tests.test_cli import assert_valid_megadetector_output
@@ -399,9 +400,9 @@ def test_rollup_in_the_timelapse_json(merge_inputs):
     merged = read_json(m['dir'] / 'out.json')
     cats = merged['classification_categories']
     lists = [img['detections'][0]['classifications'] for img in merged['images']]
-    assert [cats[c] for c, _ in lists[1]] == ['vulpes', 'red_fox', 'swift_fox', 'deer']
+    assert [cats[c] for c, _ in lists[1]] == ['taxon: vulpes', 'red_fox', 'swift_fox', 'deer']
     assert [(cats[c], p) for c, p in lists[2]] == [('deer', 1.0)]   # empty, turkey: not here
-    assert [(cats[c], p) for c, p in lists[3]] == [('mammalia', 1.0), ('red_fox', 0.5294),
+    assert [(cats[c], p) for c, p in lists[3]] == [('taxon: mammalia', 1.0), ('red_fox', 0.5294),
                                                    ('deer', 0.4706)]
 
 
@@ -413,7 +414,7 @@ def test_true_label_first_then_the_taxon(tree):
     out = mcdo.merge(df, LABELS, _detections(), 0.1, 'clf', label_pos='first', options=opts)
     cats = out['classification_categories']
     cls = out['images'][0]['detections'][0]['classifications']
-    assert [cats[c] for c, _ in cls] == ['label: swift_fox', 'vulpes', 'red_fox', 'swift_fox',
+    assert [cats[c] for c, _ in cls] == ['label: swift_fox', 'taxon: vulpes', 'red_fox', 'swift_fox',
                                          'deer']
     assert out['classification_category_descriptions'][cls[0][0]] == \
         out['classification_category_descriptions'][str(LABELS.index('swift_fox'))]
@@ -613,3 +614,141 @@ def test_rollup_classifier_probs_refuses_a_mismatched_index(merge_inputs, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and 'do not match the label index' in err[0]
     assert snapshot(m['dir']) == before
+
+
+# ---------------------------------------------------------------- review fixes (issue 12)
+
+REMAINDER_SPEC = {
+    # propose_label_spec's remainder label: the family less the genus that has its own labels
+    'canidae': {'taxa': [{'level': 'family', 'name': 'canidae'}],
+                'exclude': {'taxa': [{'level': 'genus', 'name': 'vulpes'}]}},
+    'red_fox': {'taxa': [{'level': 'species', 'name': 'vulpes vulpes'}]},
+    'swift_fox': {'taxa': [{'level': 'species', 'name': 'vulpes velox'}]},
+    'deer': {'taxa': [{'level': 'family', 'name': 'cervidae'}]},
+    'turkey': {'taxa': [{'level': 'species', 'name': 'meleagris gallopavo'}]},
+}
+
+
+def test_taxon_categories_are_named_apart_from_a_remainder_label(tmp_path):
+    labels = list(REMAINDER_SPEC)
+    write(tmp_path, 'tax.csv', taxonomy_csv())
+    lt = rollup.label_taxa(labels, parse_label_spec(REMAINDER_SPEC, 'spec'),
+                           load_taxonomy_csv(tmp_path / 'tax.csv', single_parent=True))
+    row = np.zeros((1, len(labels)))
+    row[0, [labels.index('canidae'), labels.index('red_fox'), labels.index('deer')]] = \
+        [0.5, 0.35, 0.15]
+    df = pd.DataFrame(row, columns=labels)
+    df.insert(0, 'path', ['cam_00/img0.jpg___crop00_mdv5a.0.0.jpg'])
+    out = mcdo.merge(df, labels, _detections(), 0.1, 'clf',
+                     options=rollup.RollupOptions(label_taxa=lt, threshold=T))
+    cats = out['classification_categories']
+    names = list(cats.values())
+    assert len(set(names)) == len(names), names
+    cls = out['images'][0]['detections'][0]['classifications']
+    assert cats[cls[0][0]] == 'taxon: canidae' and cls[0][1] == 0.85
+    assert cats[cls[1][0]] == 'canidae'                  # the remainder label, unchanged
+    assert int(cls[1][0]) == labels.index('canidae')
+    assert 'taxon: vulpes' in names and 'canidae' in names
+
+
+def test_taxa_of_one_name_at_two_levels_are_told_apart(tmp_path):
+    lineages = {'a1': [('species', 'x a'), ('subgenus', 'x'), ('genus', 'x'), *MAMMAL],
+                'a2': [('species', 'x b'), ('subgenus', 'x'), ('genus', 'x'), *MAMMAL],
+                'c': [('species', 'x c'), ('subgenus', 'y'), ('genus', 'x'), *MAMMAL],
+                'deer': LINEAGES['deer']}
+    write(tmp_path, 'tax.csv', taxonomy_csv(lineages))
+    spec = {'a1': {'taxa': [{'level': 'species', 'name': 'x a'}]},
+            'a2': {'taxa': [{'level': 'species', 'name': 'x b'}]},
+            'c': {'taxa': [{'level': 'species', 'name': 'x c'}]},
+            'deer': {'taxa': [{'level': 'family', 'name': 'cervidae'}]}}
+    lt = rollup.label_taxa(list(spec), parse_label_spec(spec, 'spec'),
+                           load_taxonomy_csv(tmp_path / 'tax.csv', single_parent=True))
+    names = rollup.taxon_category_names(lt)
+    assert sorted(names.values()) == ['taxon: x (genus)', 'taxon: x (subgenus)']
+
+
+def test_merge_refuses_category_names_given_twice():
+    labels = ['deer', 'label: deer']
+    df = pd.DataFrame({'path': ['cam_00/img0.jpg___crop00_mdv5a.0.0.jpg'], 'label': ['deer'],
+                       'deer': [0.9], 'label: deer': [0.1]})
+    with pytest.raises(utils.InputError, match="category name 'label: deer' is used twice"):
+        mcdo.merge(df, labels, _detections(), 0.1, 'clf', label_pos='last')
+
+
+def test_a_taxon_holding_every_label_is_never_the_answer(tree):
+    # probabilities sum to 1: the taxon above every label always reaches any threshold
+    assert answer(tree, probs_of(deer=0.5, turkey=0.5))[0] == 'none'
+    row = probs_of(deer=0.4, turkey=0.3, grouse=0.3)
+    assert answer(tree, row)[0] == 'none'
+    assert answer(tree, row, 0.6)[:2] == ('taxon', 'phasianidae')
+    ok = {t.name for t, a in zip(tree.taxa, tree.answerable(), strict=True) if a}
+    assert 'animalia' not in ok and 'mammalia' in ok
+
+
+def test_relative_conf_is_recorded_in_the_metadata(tree):
+    df = pd.DataFrame(probs_of(red_fox=0.5, swift_fox=0.35, deer=0.15), columns=LABELS)
+    df.insert(0, 'path', ['cam_00/img0.jpg___crop00_mdv5a.0.0.jpg'])
+    df.insert(1, 'label', ['swift_fox'])
+    rel = mcdo.merge(df, LABELS, _detections(), 0.1, 'clf', relative_conf=True)
+    assert rel['info']['classifier_metadata']['relative_conf'] is True
+    plain = mcdo.merge(df, LABELS, _detections(), 0.1, 'clf')
+    assert 'relative_conf' not in plain['info'].get('classifier_metadata', {})
+
+
+def test_allow_list_csv_with_a_byte_order_mark(tmp_path):
+    text = 'location,label\r\ncam_00,deer\r\ncam_00,red_fox\r\n'
+    expected = {'cam_00': frozenset({'deer', 'red_fox'})}
+    path = tmp_path / 'excel.csv'
+    path.write_bytes(text.encode('utf-8-sig'))
+    assert rollup.read_allow_list(path, LABELS) == expected
+    with gzip.open(tmp_path / 'excel.csv.gz', 'wb') as f:
+        f.write(text.encode('utf-8-sig'))
+    assert rollup.read_allow_list(tmp_path / 'excel.csv.gz', LABELS) == expected
+
+
+def test_allow_list_locations_are_normalised(tmp_path):
+    path = write(tmp_path, 'a.csv', 'location,label\n./cam_00/,deer\n.//north/./cam_01,turkey\n')
+    assert rollup.read_allow_list(path, LABELS) == {'cam_00': frozenset({'deer'}),
+                                                    'north/cam_01': frozenset({'turkey'})}
+    assert rollup.photo_location('./cam_00/img.jpg', {'cam_00'}) == 'cam_00'
+
+
+def test_allow_list_locations_matching_no_photo_are_named(caplog):
+    photos = ['cam_00/a.jpg', 'Cam_01/b.jpg', 'north/cam_02/c.jpg']
+    allow = {'cam_00': frozenset({'deer'}), 'cam_01': frozenset({'deer'}),
+             'nowhere': frozenset({'deer'}), 'north': frozenset({'deer'}),
+             '*': frozenset({'deer'})}
+    assert rollup.unused_locations(photos, allow) == ['cam_01', 'nowhere']
+    with caplog.at_level('WARNING'):
+        rollup.log_unused_locations(photos, allow)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert "'cam_01'" in messages[0] and "'Cam_01'" in messages[0] and 'case' in messages[0]
+    assert "'nowhere'" in messages[1] and 'case' not in messages[1]
+    caplog.clear()
+    many = {f'cam_{k:02d}': frozenset({'deer'}) for k in range(30)}
+    with caplog.at_level('WARNING'):
+        rollup.log_unused_locations(['elsewhere/a.jpg'], many, limit=20)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 21 and 'cam_00' in messages[0]
+    assert '10 more' in messages[-1]
+
+
+def test_merge_and_rollup_csv_warn_of_unused_locations(merge_inputs, capsys):
+    from classification import rollup_classifier_probs as rcp
+    m = merge_inputs
+    allow = write(m['dir'], 'allow.csv', 'location,label\nCAM_00,deer\n./cam_01/,deer\n')
+    assert mcdo.main(_merge_args(m, '--allow-list', str(allow))) == 0
+    err = capsys.readouterr().err.splitlines()
+    warned = [line for line in err if 'CAM_00' in line]
+    assert len(warned) == 1 and 'matches no photo' in warned[0] and "'cam_00'" in warned[0]
+    assert not [line for line in err if 'cam_01' in line]
+    lists = [img['detections'][0]['classifications'] for img in read_json(
+        m['dir'] / 'out.json')['images']]
+    deer = str(LABELS.index('deer'))
+    assert lists[2] == [[deer, 1.0]]                  # ./cam_01/ applied to cam_01
+    assert rcp.main([m['csv'], m['index'], '--taxonomy-csv', m['tax'], '--label-spec',
+                     m['spec'], '--allow-list', str(allow), '-o',
+                     str(m['dir'] / 'r.csv')]) == 0
+    assert [line for line in capsys.readouterr().err.splitlines()
+            if 'CAM_00' in line and 'matches no photo' in line]
