@@ -750,18 +750,7 @@ def write_package(package: Package, output_dir: str | os.PathLike[str]) -> Path:
         (tmp / 'datapackage.json').write_text(
             json.dumps(package.descriptor, indent=2, ensure_ascii=False) + '\n',
             encoding='utf-8')
-        mode = utils.file_mode()
-        for p in tmp.iterdir():
-            os.chmod(p, mode)
-        os.chmod(tmp, mode | 0o111)
-        old = None
-        if target.exists():
-            old = target.with_name(f'.{target.name}.old')
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        utils.replace_dir(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

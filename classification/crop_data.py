@@ -72,16 +72,7 @@ def load_split_frames(dataset_dir: str | os.PathLike[str], labels: Sequence[str]
             raise utils.InputError(f'{base}/classification_ds.csv: labels {unknown} are not in '
                                    'the label index (multi-label rows need --multilabel)')
         df['label_idx'] = df['label'].map(label_to_idx).astype(int)
-    if 'confidence' not in df.columns:
-        df['confidence'] = 1.0
-    conf = pd.to_numeric(df['confidence'], errors='coerce').to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(conf) | (conf < 0) | (conf > 1)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise utils.InputError(f'{base}/classification_ds.csv: confidence of '
-                               f'{df["path"].iloc[row]!r} is {str(df["confidence"].iloc[row])!r}; '
-                               'it must be a number from 0 to 1')
-    df['confidence'] = conf
+    df['confidence'] = utils.confidence_column(df, f'{base}/classification_ds.csv')
     dup = df['path'].duplicated()
     if dup.any():
         raise utils.InputError(f'{base}/classification_ds.csv: crop {df["path"][dup].iloc[0]!r} '

@@ -110,16 +110,7 @@ def read_dataset_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
                                'confidence, label)')
     if df.empty:
         raise utils.InputError(f'{path}: no crops')
-    if 'confidence' not in df.columns:
-        df['confidence'] = 1.0
-    conf = pd.to_numeric(df['confidence'], errors='coerce').to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(conf) | (conf < 0) | (conf > 1)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise utils.InputError(f'{path}: confidence of {df["path"].iloc[row]!r} is '
-                               f'{str(df["confidence"].iloc[row])!r}; it must be a number '
-                               'from 0 to 1')
-    df['confidence'] = conf
+    df['confidence'] = utils.confidence_column(df, str(path))
     empty = df['label'].str.contains(r'(?:^|,)\s*(?:,|$)', regex=True)
     if empty.any():
         raise utils.InputError(f'{path}: crop {df["path"][empty].iloc[0]!r} has an empty label')

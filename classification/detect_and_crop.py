@@ -38,15 +38,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from classification import cropping, utils
 from data_management.megadb.base import (
-    DEFAULT_MEGADB,
-    add_cosmos_key_flag,
+    add_megadb_flags,
     open_megadb,
 )
 from detection.detector_output import DetectionCache, queried_image_crops, read_queried_images
@@ -96,10 +94,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='crop photos missing from --images-dir straight from their '
                              "datasets' containers (MegaDB entries), in memory, without "
                              'keeping them')
-    parser.add_argument('--megadb', default=os.environ.get('MEGADB', DEFAULT_MEGADB),
-                        help='with --save-full-images or --fetch-missing-images: the MegaDB '
-                             f'with the dataset entries (default: $MEGADB or {DEFAULT_MEGADB})')
-    add_cosmos_key_flag(parser)
+    add_megadb_flags(parser, 'with --save-full-images or --fetch-missing-images: the MegaDB '
+                             'with the dataset entries')
     parser.add_argument('-p', '--cropped-images-dir',
                         help='where to write crops (without it, nothing is cropped)')
     parser.add_argument('-i', '--images-dir', help='folder with <dataset>/<file> photos')

@@ -40,9 +40,8 @@ from classification.taxonomy import (
     resolve_label_spec,
 )
 from data_management.megadb.base import (
-    DEFAULT_MEGADB,
     MegaDB,
-    add_cosmos_key_flag,
+    add_megadb_flags,
     open_megadb,
 )
 from data_management.megadb.schema import image_classes
@@ -196,11 +195,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = utils.make_parser(__doc__)
     parser.add_argument('label_spec_json', help="label specification JSON, or '-'")
     parser.add_argument('taxonomy_csv', help='taxonomy CSV')
-    parser.add_argument('--megadb', default=os.environ.get('MEGADB', DEFAULT_MEGADB),
-                        help='labeled-image database: an SQLite file, or Azure Cosmos DB as '
-                             '"cosmos" (COSMOS_ENDPOINT) or its https:// endpoint, key in '
-                             f'COSMOS_KEY (default: $MEGADB or {DEFAULT_MEGADB})')
-    add_cosmos_key_flag(parser)
+    add_megadb_flags(parser)
     parser.add_argument('--allow-multilabel', action='store_true',
                         help='allow a dataset label in several output labels')
     parser.add_argument('--single-parent-taxonomy', action='store_true',

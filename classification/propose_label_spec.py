@@ -32,14 +32,16 @@ from __future__ import annotations
 import argparse
 import html
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from classification import label_proposals, report_pages, utils
 from classification.taxonomy import load_taxonomy_csv
-from data_management.megadb.base import DEFAULT_MEGADB, add_cosmos_key_flag, open_megadb
+from data_management.megadb.base import (
+    add_megadb_flags,
+    open_megadb,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -120,11 +122,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = utils.make_parser(__doc__)
     parser.add_argument('taxonomy_csv', help='taxonomy CSV')
     parser.add_argument('output_dir', help='folder to write the specification and report in')
-    parser.add_argument('--megadb', default=os.environ.get('MEGADB', DEFAULT_MEGADB),
-                        help='labeled-image database: an SQLite file, or Azure Cosmos DB as '
-                             '"cosmos" (COSMOS_ENDPOINT) or its https:// endpoint, key in '
-                             f'COSMOS_KEY (default: $MEGADB or {DEFAULT_MEGADB})')
-    add_cosmos_key_flag(parser)
+    add_megadb_flags(parser)
     parser.add_argument('-n', '--min-images', type=utils.positive_int, required=True,
                         help='the fewest images a label may have')
     parser.add_argument('--single-parent-taxonomy', action='store_true',

@@ -122,18 +122,7 @@ def write_report_folder(report_dir: str | os.PathLike[str], title: str,
         body = build(tmp)
         (tmp / 'index.html').write_text(page(title, body), encoding='utf-8')
         (tmp / REPORT_MARK).write_text('written by the camera-trap classification pipeline\n')
-        mode = utils.file_mode()
-        for path in tmp.rglob('*'):
-            os.chmod(path, mode | 0o111 if path.is_dir() else mode)
-        os.chmod(tmp, mode | 0o111)
-        old = None
-        if target.exists():
-            old = target.with_name(f'.{target.name}.old')
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        utils.replace_dir(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

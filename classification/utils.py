@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 import zlib
@@ -286,6 +287,24 @@ def write_failure_log(folder: str | os.PathLike[str], step: str, counts: Mapping
     return path
 
 
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Puts the finished folder ``tmp`` (made beside ``target``) in ``target``'s
+    place: the umask's modes on everything in it, then a rename; an older
+    ``target`` is moved aside first and removed after."""
+    mode = file_mode()
+    for path in tmp.rglob('*'):
+        os.chmod(path, mode | 0o111 if path.is_dir() else mode)
+    os.chmod(tmp, mode | 0o111)
+    old = None
+    if target.exists():
+        old = target.with_name(f'.{target.name}.old')
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def writable_dir(path: str | os.PathLike[str]) -> Path:
     """Creates the folder ``path`` if needed and checks that files can be written
     in it; OSError (EACCES, EROFS, ...) otherwise, which run_cli reports in one line."""
@@ -302,6 +321,22 @@ def write_json(obj: Any, path: str | os.PathLike[str], indent: int | None = None
     with open_output_text(path) as f:
         f.write(text)
         f.write('\n')
+
+
+def confidence_column(df: pd.DataFrame, source: str) -> Any:
+    """The ``confidence`` column of a crops table (path, ..., confidence) as float64,
+    1.0 when the table has none; InputError naming the first crop whose value is
+    not a number from 0 to 1."""
+    import numpy as np
+    if 'confidence' not in df.columns:
+        return np.ones(len(df))
+    conf = pd.to_numeric(df['confidence'], errors='coerce').to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(conf) | (conf < 0) | (conf > 1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(f'{source}: confidence of {df["path"].iloc[row]!r} is '
+                         f'{str(df["confidence"].iloc[row])!r}; it must be a number from 0 to 1')
+    return conf
 
 
 def read_csv(path: str | os.PathLike[str], **kwargs: Any) -> pd.DataFrame:

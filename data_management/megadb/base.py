@@ -18,6 +18,16 @@ from classification.utils import InputError
 DEFAULT_MEGADB = 'megadb.sqlite'
 
 
+def add_megadb_flags(parser: argparse.ArgumentParser,
+                     what: str = 'labeled-image database') -> None:
+    """--megadb (default $MEGADB, else DEFAULT_MEGADB) and --cosmos-key."""
+    parser.add_argument('--megadb', default=os.environ.get('MEGADB', DEFAULT_MEGADB),
+                        help=f'{what}: an SQLite file, or Azure Cosmos DB as "cosmos" '
+                             '(COSMOS_ENDPOINT) or its https:// endpoint, key in COSMOS_KEY '
+                             f'(default: $MEGADB or {DEFAULT_MEGADB})')
+    add_cosmos_key_flag(parser)
+
+
 def add_cosmos_key_flag(parser: argparse.ArgumentParser) -> None:
     """--cosmos-key, for users who cannot set COSMOS_KEY (which is safer: a flag is
     visible to other users of the machine in the process list)."""

@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from collections.abc import Sequence
 
 from classification import utils
 from data_management.megadb.base import (
-    DEFAULT_MEGADB,
-    add_cosmos_key_flag,
+    add_megadb_flags,
     open_megadb,
 )
 from data_management.megadb.downloads import download, read_list
@@ -48,12 +46,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='json objects: field with <dataset>/<path> (default: file)')
     parser.add_argument('--only-new-images', action='store_true',
                         help='skip images already in store_dir (or --check-existing-dir)')
-    add_cosmos_key_flag(parser)
     parser.add_argument('-t', '--threads', type=utils.positive_int, default=1)
     parser.add_argument('--check-existing-dir', help='another folder of already fetched images')
-    parser.add_argument('--megadb', default=os.environ.get('MEGADB', DEFAULT_MEGADB),
-                        help='MegaDB with the dataset entries (default: $MEGADB or '
-                             f'{DEFAULT_MEGADB})')
+    add_megadb_flags(parser, 'MegaDB with the dataset entries')
     return parser.parse_args(argv)
 
 
