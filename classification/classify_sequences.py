@@ -48,11 +48,8 @@ Timelapse as the input does. Both outputs are written, or neither.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gzip
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -108,26 +105,6 @@ def settings_from(args: argparse.Namespace) -> SequenceSettings:
     return SequenceSettings('exif_time', args.threshold, gap)
 
 
-def write_together(outputs: Sequence[tuple[str, str]]) -> None:
-    """Writes each (path, text): every file to a temporary file beside it, then,
-    once all are written and closed, renames them onto their paths; the one
-    going to stdout ('-') last. A failure before the renames leaves no output
-    (only the rename itself, which does not fail in practice, can part them)."""
-    with contextlib.ExitStack() as stack:
-        for path, text in outputs:
-            if path == utils.STDIO:
-                continue
-            tmp = stack.enter_context(utils.atomic_path(path))
-            opener = gzip.open if path.endswith('.gz') else open
-            with opener(tmp, 'wt', encoding='utf-8', newline='') as f:
-                f.write(text)
-        # leaving the stack renames the temporary files (or removes them on an error)
-    for path, text in outputs:
-        if path == utils.STDIO:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
@@ -171,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         outputs.insert(0, (args.smoothed_json,
                            json.dumps(smoothed, indent=args.json_indent, ensure_ascii=False)
                            + '\n'))
-    write_together(outputs)
+    utils.write_together(outputs)
     logger.info('%d photos in %d sequences, %d with an animal detection', len(files),
                 len(results), sum(r.probs is not None for r in results))
     return 0

@@ -243,11 +243,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             outputs.append((split, path, files))
         if not lists:
             logger.info('%s: no crop beats its label by %.2f or more', split, args.margin)
-    for split, path, files in outputs:
-        utils.write_lines(files, path)
-        logger.info('%s: %d candidate images -> %s', split, len(files), path)
-    if sheet is not None:
+    if sheet is not None:        # the part more likely to fail first; then the lists, together
         write_contact_sheet(sheet, tables, args.margin)
+    utils.write_together([(path, ''.join(f'{f}\n' for f in files))
+                          for _, path, files in outputs])
+    for split, path, files in outputs:
+        logger.info('%s: %d candidate images -> %s', split, len(files), path)
     return 0
 
 

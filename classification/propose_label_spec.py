@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,18 +98,22 @@ def run(settings: Settings) -> label_proposals.Proposal:
     proposal = label_proposals.propose_labels(tax, counts, settings.min_images)
     label_proposals.check_proposal(proposal, tax)
     out = utils.writable_dir(settings.output_dir)
-    utils.write_json(label_proposals.to_label_spec_json(proposal), out / 'label_spec.json',
-                     indent=settings.json_indent)
     csv_spec = label_proposals.to_csv_spec(proposal)
     if csv_spec is None:
         logger.warning('a taxon level is not one the CSV specification knows: no '
                        'label_spec.csv written')
-    else:
-        utils.write_text(csv_spec, out / 'label_spec.csv')
-    utils.write_csv(label_proposals.counts_table(proposal), out / 'label_spec_counts.csv')
+    spec = json.dumps(label_proposals.to_label_spec_json(proposal), indent=settings.json_indent,
+                      ensure_ascii=False) + '\n'
+    # the report first (the part more likely to fail), then the files, together
     report_pages.write_report_folder(
         out / REPORT, 'Proposed label specification',
         lambda folder: report_body(proposal, folder, settings.taxonomy_csv), 'label spec report')
+    files = [(out / 'label_spec.json', spec),
+             (out / 'label_spec_counts.csv',
+              label_proposals.counts_table(proposal).to_csv(index=False))]
+    if csv_spec is not None:
+        files.append((out / 'label_spec.csv', csv_spec))
+    utils.write_together(files)
     for label in proposal.labels:
         logger.info('%s (%s %s, %s): %d images', label.name, *label.taxon, label.kind,
                     label.images)

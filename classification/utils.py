@@ -375,6 +375,27 @@ def write_lines(lines: Iterable[str], path: str | os.PathLike[str]) -> None:
     write_text(''.join(f'{line}\n' for line in lines), path)
 
 
+def write_together(outputs: Sequence[tuple[str | os.PathLike[str], str]]) -> None:
+    """Writes several (path, text) outputs of one step as one: every file to a
+    temporary file beside it (gzip by suffix), and only once all are written and
+    closed are they renamed into place; text for stdout ('-') goes last. A failure
+    while writing leaves every output as it was (only the renames, which do not
+    fail in practice, could part them)."""
+    with contextlib.ExitStack() as stack:
+        for path, text in outputs:
+            if str(path) == STDIO:
+                continue
+            tmp = stack.enter_context(atomic_path(path))
+            opener: Any = gzip.open if _is_gzip(path) else open
+            with opener(tmp, 'wt', encoding='utf-8', newline='') as f:
+                f.write(text)
+        # leaving the stack renames the temporary files (or removes them on an error)
+    for path, text in outputs:
+        if str(path) == STDIO:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+
 IMAGE_EXTENSIONS = frozenset({'.jpg', '.jpeg', '.png', '.gif', '.bmp', '.tif', '.tiff', '.webp'})
 
 

@@ -184,3 +184,20 @@ def test_failure_logs_of_the_same_second_do_not_overwrite_each_other(tmp_path):
     assert len(set(paths)) == 3
     assert sorted(utils.read_json(p)["n"] for p in paths) == [0, 1, 2]
     assert all(p.name.startswith('step_log_') for p in paths)
+
+
+def test_outputs_written_together_land_together_or_not_at_all(tmp_path, capsys):
+    (tmp_path / 'a.txt').write_text('old a')
+    (tmp_path / 'blocker').write_text('a file where a folder should be')
+    with pytest.raises(OSError):
+        utils.write_together([(tmp_path / 'a.txt', 'new a'),
+                              (tmp_path / 'blocker' / 'b.txt', 'new b'),
+                              ('-', 'to stdout')])
+    assert (tmp_path / 'a.txt').read_text() == 'old a'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a.txt', 'blocker']
+    assert capsys.readouterr().out == ''
+    utils.write_together([(tmp_path / 'a.txt', 'new a'), (tmp_path / 'c.csv.gz', 'x,y\n'),
+                          ('-', 'to stdout')])
+    assert (tmp_path / 'a.txt').read_text() == 'new a'
+    assert gzip.decompress((tmp_path / 'c.csv.gz').read_bytes()) == b'x,y\n'
+    assert capsys.readouterr().out == 'to stdout'
