@@ -26,8 +26,10 @@ from detection.detector_output import check_document, merge_into_cache, resolve_
 logger = logging.getLogger(__name__)
 
 
-def check_files(doc: Mapping[str, Any], dataset: str, source: str) -> None:
-    """Refuses image paths that are empty, absolute, leave the dataset (``..``) or hold
+def normalized_files(doc: Mapping[str, Any], dataset: str, source: str) -> dict[str, Any]:
+    """``doc`` with each image path written one way, ``<dataset>/<path>`` with
+    ``a/./b.jpg`` and ``a//b.jpg`` as ``a/b.jpg`` (the cache is looked up by that
+    form). Refuses image paths that are empty, absolute, leave the dataset (``..``) or hold
     a control character, and two entries that are one image once the leading
     ``<dataset>/`` is removed (``ds/a.jpg`` and ``a.jpg``, or ``a/./b.jpg`` and
     ``a/b.jpg``): the cache would keep one of them, silently."""
@@ -45,6 +47,8 @@ def check_files(doc: Mapping[str, Any], dataset: str, source: str) -> None:
             raise utils.InputError(f'{source}: images[{i}]: {file!r} is the same image as '
                                    f'{seen[key]!r} (both are {dataset}/{key}); keep one')
         seen[key] = file
+    images = [{**img, 'file': prefix + key} for img, key in zip(doc['images'], seen, strict=True)]
+    return {**doc, 'images': images}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -65,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     utils.setup_logging()
     doc = check_document(utils.read_json(args.json_file), args.json_file)
     version = resolve_detector_version(doc, args.detector_version, args.json_file)
-    check_files(doc, args.dataset, args.json_file)
+    doc = normalized_files(doc, args.dataset, args.json_file)
     n_new, n_total = merge_into_cache(args.detector_output_cache_dir, version, args.dataset, doc)
     logger.info('%s: cached %d images (now %d) for MegaDetector v%s', args.dataset, n_new,
                 n_total, version)

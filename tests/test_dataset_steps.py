@@ -31,6 +31,14 @@ def test_cache_merges_without_losing_images(tmp_path):
     assert confs == {'x.jpg': 0.5, 'y.jpg': 0.7, 'z.jpg': 0.7}
 
 
+def test_cache_stores_each_path_one_way(tmp_path):
+    (tmp_path / 'a.json').write_text(json.dumps(_md(['ds/cam/./x.jpg', 'cam//y.jpg', 'z.jpg'])))
+    assert cache_batchapi_outputs.main([str(tmp_path / 'a.json'), '-f', 'detections', '-d', 'ds',
+                                        '-c', str(tmp_path / 'mdcache')]) == 0
+    cache = load_cache(tmp_path / 'mdcache', '5a.0.0', 'ds')
+    assert [img['file'] for img in cache['images']] == ['cam/x.jpg', 'cam/y.jpg', 'z.jpg']
+
+
 def test_cache_rejects_bad_detections(tmp_path, capsys):
     doc = _md(['a.jpg'])
     doc['images'][0]['detections'][0]['bbox'] = [0.1, 0.2]
