@@ -55,7 +55,6 @@ import os
 import posixpath
 import re
 import shutil
-import tempfile
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -741,7 +740,7 @@ def write_package(package: Package, output_dir: str | os.PathLike[str]) -> Path:
     import json
     target = check_output_dir(output_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{target.name}.', dir=target.parent))
+    tmp = utils.new_temp_dir(target)
     try:
         for name in TABLES:
             (tmp / f'{name}.csv').write_text(table_text(package.tables[name],

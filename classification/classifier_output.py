@@ -239,7 +239,7 @@ def check_probabilities(df: pd.DataFrame, source: str) -> pd.DataFrame:
     if not probs:
         raise utils.InputError(f'{source}: no probability columns')
     for col in probs:
-        values = pd.to_numeric(df[col], errors='coerce')
+        values = utils.numbers(df[col])
         bad = values.isna() | ~values.between(0.0, 1.0)
         if bad.any():
             i = int(bad.to_numpy().argmax())

@@ -277,6 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if 'splits' in args.mode and not args.no_report:
         report_dir = dataset_reports.check_report_dir(
             args.report or out / dataset_reports.REPORT_DIR_NAME)
+        here = report_dir.resolve()
+        if here == out.resolve() or here in out.resolve().parents:
+            raise utils.InputError(f'{report_dir}: the report folder cannot be the output '
+                                   'folder or hold it (it is replaced whole)')
     # everything is read and checked first and written at the end, so a run that
     # fails leaves the outputs of the last good run as they were
     test_locs: list[tuple[str, str]] = []
@@ -348,7 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 df, label_list(df), {s: [(d, loc) for d, loc in locs]
                                      for s, locs in splits.items()})
             folder = report_dir
-            writes.append(lambda: dataset_reports.write_dataset_report(
+            # the report first: the part more likely to fail, before any file changes
+            writes.insert(0, lambda: dataset_reports.write_dataset_report(
                 folder, content, args.cropped_images_dir))
     for write in writes:
         write()

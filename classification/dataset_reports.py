@@ -42,7 +42,8 @@ CONFIDENCE_BINS = 20
 LABELS_PER_FIGURE = 50
 MOVED_SHOWN = 100
 REPORT_DIR_NAME = 'dataset_report'
-check_report_dir = report_pages.check_report_dir
+def check_report_dir(report_dir: str | os.PathLike[str]) -> Path:
+    return report_pages.check_report_dir(report_dir, report_pages.DATASET)
 
 Splits = Mapping[str, Sequence[tuple[str, str]]]
 
@@ -169,6 +170,8 @@ def _crop_rows(df: pd.DataFrame, codes: np.ndarray, loc_split: np.ndarray) -> pd
     if rows['label'].str.contains(',', regex=False).any():
         rows = rows.assign(label=rows['label'].str.split(',')).explode('label',
                                                                        ignore_index=True)
+        # a crop labelled 'a,a' is one crop of a
+        rows = rows.drop_duplicates(['path', 'label'], ignore_index=True)
     return rows
 
 
@@ -274,7 +277,8 @@ def confidence_histograms(rows: pd.DataFrame, labels: Sequence[str], low: float 
     conf = rows['confidence'].to_numpy(dtype=np.float64)
     keep = (codes >= 0) & np.isfinite(conf)
     scaled = (np.where(keep, conf, low) - low) / max(1.0 - low, 1e-9) * bins
-    which = np.clip(scaled.astype(np.int64), 0, bins - 1)
+    # rounded first: 0.7 from 0.6 in tenths is 4.9999... in floating point, bin 5 on paper
+    which = np.clip(np.floor(np.round(scaled, 9)).astype(np.int64), 0, bins - 1)
     flat = np.bincount(codes[keep] * bins + which[keep], minlength=len(labels) * bins)
     return flat.reshape(len(labels), bins)
 
@@ -326,8 +330,7 @@ def summarize(df: pd.DataFrame, labels: Sequence[str] | None, splits: Splits,
     location assignment; ``other``: (name of this assignment, name of the other, the
     other assignment) for the comparison. Locations of ``splits`` with no crops are
     listed, not refused (:func:`check_consistent` refuses them in files)."""
-    conf = (pd.to_numeric(df['confidence'], errors='coerce').to_numpy(dtype=np.float64,
-                                                                      copy=True)
+    conf = (utils.numbers(df['confidence']).to_numpy(dtype=np.float64, copy=True)
             if 'confidence' in df.columns else np.ones(len(df)))
     conf[~((conf >= 0) & (conf <= 1))] = np.nan          # unknown: left out of the histograms
     df = df.assign(confidence=conf, path=df['path'].astype(str),
@@ -411,9 +414,7 @@ def compare_splits(rows: pd.DataFrame, labels: Sequence[str], locs: Sequence[tup
 # ---------------------------------------------------------------- figures
 
 def _plain(label: str, width: int = 40) -> str:
-    """A label as matplotlib text: no mathtext, not too long."""
-    text = label if len(label) <= width else label[:width - 1] + '…'
-    return text.replace('$', r'\$')
+    return utils.figure_text(label, width)
 
 
 def _chunks(n: int) -> list[range]:
@@ -475,7 +476,7 @@ def _percent(x: float) -> str:
 
 def _table_html(df: pd.DataFrame, index: bool = True) -> str:
     shares = {c: _percent for c in df.columns
-              if str(c[-1] if isinstance(c, tuple) else c).endswith('share')
+              if any(str(part).endswith('share') for part in (c if isinstance(c, tuple) else (c,)))
               or c == 'share of crops'}
     if index and df.index.names[0] is not None:
         df, index = df.reset_index(), False
@@ -508,7 +509,8 @@ def _samples_html(summary: DatasetSummary, thumbs: report_pages.Thumbs) -> str:
         mine = by_label.get(label)
         n = int(totals[label])
         if mine is None:
-            parts.append(f'<p>{html.escape(label)}: no crops</p>')
+            parts.append(f'<p>{html.escape(label)}: ' + ('no crops</p>' if n == 0 else
+                                                          f'{n} crops, none shown</p>'))
             continue
         figs = ''.join(report_pages.figure(thumbs, path, f'{where} {split} {conf:.2f}')
                        for path, where, split, conf in zip(
@@ -592,7 +594,7 @@ def write_dataset_report(report_dir: str | os.PathLike[str], summary: DatasetSum
     """Writes the report folder (see the module docstring); returns index.html."""
     crops = Path(crops_dir) if crops_dir is not None else None
     return report_pages.write_report_folder(
-        report_dir, title, lambda folder: build_page(summary, folder, crops), 'dataset report')
+        report_dir, title, lambda folder: build_page(summary, folder, crops), report_pages.DATASET)
 
 
 def report_from_files(base_logdir: str | os.PathLike[str], report_dir: str | os.PathLike[str],

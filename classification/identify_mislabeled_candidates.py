@@ -157,7 +157,7 @@ def write_contact_sheet(sheet: ContactSheet, tables: Mapping[str, pd.DataFrame],
         thumbs = report_pages.Thumbs(sheet.crops_dir, folder, limit=sheet.max_thumbnails)
         return contact_sheet_body(tables, margin, thumbs, sheet.max_thumbnails)
     return report_pages.write_report_folder(sheet.report_dir, 'Mislabeled candidates', build,
-                                            'contact sheet')
+                                            report_pages.CONTACT_SHEET)
 
 
 def candidates(df: pd.DataFrame, margin: float, include_dataset: bool,
@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise utils.InputError(f'{logdir}: no outputs_<split>.csv.gz (run evaluate_model)')
     sheet = None
     if args.contact_sheet is not None:
-        report_pages.check_report_dir(args.contact_sheet)
+        report_pages.check_report_dir(args.contact_sheet, report_pages.CONTACT_SHEET)
         if not os.path.isdir(args.cropped_images_dir):
             raise utils.InputError(f'--cropped-images-dir {args.cropped_images_dir}: not a '
                                    'folder')

@@ -40,6 +40,7 @@ from typing import Any
 
 import pandas as pd
 
+from classification import utils
 from classification.classifier_output import NOT_PROBABILITIES
 from classification.taxonomy import (
     TAXONOMY_LEVELS,
@@ -337,6 +338,7 @@ def tree_figure(proposal: Proposal, title: str) -> Any:
             ax.scatter([x], [y], s=46, color=colours[lab.kind], zorder=3)
             text = f'{lab.name} ({lab.images})'
             style = {'color': 'black', 'fontweight': 'bold'}
+        text = utils.figure_text(text)
         if not tree[k]:     # a leaf: the name to its right
             ax.text(x + 0.08, y, text, ha='left', va='center', fontsize=9, **style)
         else:               # above the edge that comes in from the left

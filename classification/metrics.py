@@ -257,8 +257,9 @@ def confusion_figure(cm: np.ndarray, labels: Sequence[str], title: str) -> Any:
     ax = fig.subplots()
     im = ax.imshow(norm, cmap='Blues', vmin=0, vmax=100)
     fig.colorbar(im, ax=ax, fraction=0.046, label='% of the true label')
-    ax.set_xticks(range(n), labels, rotation=90, fontsize=max(4, 10 - n // 10))
-    ax.set_yticks(range(n), labels, fontsize=max(4, 10 - n // 10))
+    names = [utils.figure_text(name, 40) for name in labels]
+    ax.set_xticks(range(n), names, rotation=90, fontsize=max(4, 10 - n // 10))
+    ax.set_yticks(range(n), names, fontsize=max(4, 10 - n // 10))
     ax.set_xlabel('predicted label')
     ax.set_ylabel('true label')
     ax.set_title(title)

@@ -86,7 +86,7 @@ def run(settings: Settings) -> label_proposals.Proposal:
     """Counts, proposes, checks and writes (see the module docstring)."""
     if settings.output_dir.exists() and not settings.output_dir.is_dir():
         raise utils.InputError(f'{settings.output_dir}: is a file; give a folder')
-    report_pages.check_report_dir(settings.output_dir / REPORT)
+    report_pages.check_report_dir(settings.output_dir / REPORT, report_pages.LABEL_SPEC)
     for name in OUTPUTS:
         utils.check_output_path(settings.output_dir / name, [settings.taxonomy_csv,
                                                              settings.megadb])
@@ -107,7 +107,7 @@ def run(settings: Settings) -> label_proposals.Proposal:
     # the report first (the part more likely to fail), then the files, together
     report_pages.write_report_folder(
         out / REPORT, 'Proposed label specification',
-        lambda folder: report_body(proposal, folder, settings.taxonomy_csv), 'label spec report')
+        lambda folder: report_body(proposal, folder, settings.taxonomy_csv), report_pages.LABEL_SPEC)
     files = [(out / 'label_spec.json', spec),
              (out / 'label_spec_counts.csv',
               label_proposals.counts_table(proposal).to_csv(index=False))]

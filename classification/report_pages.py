@@ -14,7 +14,6 @@ import html
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,10 @@ from classification import utils
 
 logger = logging.getLogger(__name__)
 
-REPORT_MARK = '.camera-trap-report'
+REPORT_MARK = '.camera-trap-report'       # its text: the report's kind, one of KINDS
+EVALUATION, DATASET, LABEL_SPEC, CONTACT_SHEET = (
+    'evaluation report', 'dataset report', 'label spec report', 'contact sheet')
+KINDS = (EVALUATION, DATASET, LABEL_SPEC, CONTACT_SHEET)
 THUMB_SIZE = 112
 MAX_THUMBS = 2000
 
@@ -93,12 +95,19 @@ def save_figure(fig: Any, folder: Path, name: str, alt: str) -> str:
     return img(name, alt)
 
 
-def check_report_dir(report_dir: str | os.PathLike[str]) -> Path:
-    """Refuses a report folder that exists and is not a report (it would be replaced)."""
+def check_report_dir(report_dir: str | os.PathLike[str], kind: str | None = None) -> Path:
+    """Refuses a report folder that exists and is not a report, or is a report of
+    another kind than ``kind`` (it would be replaced). An empty folder is used."""
     target = Path(report_dir)
-    if target.exists() and not (target / REPORT_MARK).is_file():
-        raise utils.InputError(f'{target}: exists and is not a report folder; give another '
-                               'report folder or move it away')
+    if target.exists() and not (target.is_dir() and not any(target.iterdir())):
+        mark = target / REPORT_MARK
+        if not mark.is_file():
+            raise utils.InputError(f'{target}: exists and is not a report folder; give another '
+                                   'report folder or move it away')
+        found = mark.read_text(encoding='utf-8', errors='replace').strip()
+        if kind is not None and found in KINDS and found != kind:
+            raise utils.InputError(f'{target}: holds a {found}, not a {kind}; give another '
+                                   'report folder or move it away')
     return target
 
 
@@ -110,18 +119,18 @@ def page(title: str, body: str) -> str:
 
 
 def write_report_folder(report_dir: str | os.PathLike[str], title: str,
-                        build: Callable[[Path], str], kind: str = 'report') -> Path:
+                        build: Callable[[Path], str], kind: str) -> Path:
     """Writes a report folder: ``build(tmp)`` writes its figures into the
     temporary folder ``tmp`` and returns the page body; the folder is then
     renamed onto ``report_dir`` (replacing an older report only) with the
     umask's modes. Returns the path of index.html."""
-    target = check_report_dir(report_dir)
+    target = check_report_dir(report_dir, kind)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{target.name}.', dir=target.parent))
+    tmp = utils.new_temp_dir(target)
     try:
         body = build(tmp)
         (tmp / 'index.html').write_text(page(title, body), encoding='utf-8')
-        (tmp / REPORT_MARK).write_text('written by the camera-trap classification pipeline\n')
+        (tmp / REPORT_MARK).write_text(f'{kind}\n')
         utils.replace_dir(tmp, target)
     finally:
         if tmp.exists():

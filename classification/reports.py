@@ -27,7 +27,8 @@ from classification import classifier_output, metrics, report_pages, utils
 
 EXAMPLES_PER_CELL = 6
 TOP_PAIRS = 10
-check_report_dir = report_pages.check_report_dir
+def check_report_dir(report_dir: str | os.PathLike[str]) -> Path:
+    return report_pages.check_report_dir(report_dir, report_pages.EVALUATION)
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,7 @@ def write_report(report_dir: str | os.PathLike[str], splits: Sequence[SplitResul
         nav = ' | '.join(f'<a href="#{html.escape(s.name)}">{html.escape(s.name)}</a>'
                          for s in splits)
         return f'<p>{len(labels)} labels; splits: {nav}</p>' + '\n'.join(sections)
-    return report_pages.write_report_folder(report_dir, title, build, 'evaluation report')
+    return report_pages.write_report_folder(report_dir, title, build, report_pages.EVALUATION)
 
 
 def report_from_outputs(eval_dir: str | os.PathLike[str], report_dir: str | os.PathLike[str],

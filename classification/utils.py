@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import difflib
 import errno
+import glob
 import gzip
 import io
 import itertools
@@ -123,11 +124,15 @@ def _is_gzip(path: str | os.PathLike[str]) -> bool:
     return str(path).endswith('.gz')
 
 
-def file_mode() -> int:
-    """The mode a new file gets under the current umask (0o666 less the umask)."""
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a new file gets under the current umask (0o666 less the umask)."""
+    return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -287,14 +292,45 @@ def write_failure_log(folder: str | os.PathLike[str], step: str, counts: Mapping
     return path
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def new_temp_dir(target: Path) -> Path:
+    """A new temporary folder beside ``target`` (``.<name>.<pid>.<random>``) in
+    which to build it; first removes what killed runs left there: such folders of
+    processes no longer alive, and ``.<name>.old``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f'.{glob.escape(target.name)}.*'):
+        pid = stale.name[len(target.name) + 2:].split('.', 1)[0]
+        if stale.name == f'.{target.name}.old' or (pid.isdigit() and not _pid_alive(int(pid))):
+            shutil.rmtree(stale, ignore_errors=True)
+    try:
+        return Path(tempfile.mkdtemp(prefix=f'.{target.name}.{os.getpid()}.',
+                                     dir=target.parent))
+    except OSError as e:     # name the folder the user gave, not the temporary name
+        raise OSError(e.errno, e.strerror, str(target.parent)) from e
+
+
+def dir_mode() -> int:
+    """The mode a new folder gets under the current umask (0o777 less the umask)."""
+    return 0o777 & ~_umask()
+
+
 def replace_dir(tmp: Path, target: Path) -> None:
-    """Puts the finished folder ``tmp`` (made beside ``target``) in ``target``'s
+    """Puts the finished folder ``tmp`` (made by new_temp_dir) in ``target``'s
     place: the umask's modes on everything in it, then a rename; an older
     ``target`` is moved aside first and removed after."""
-    mode = file_mode()
+    mode, folder_mode = file_mode(), dir_mode()
     for path in tmp.rglob('*'):
-        os.chmod(path, mode | 0o111 if path.is_dir() else mode)
-    os.chmod(tmp, mode | 0o111)
+        os.chmod(path, folder_mode if path.is_dir() else mode)
+    os.chmod(tmp, folder_mode)
     old = None
     if target.exists():
         old = target.with_name(f'.{target.name}.old')
@@ -323,6 +359,20 @@ def write_json(obj: Any, path: str | os.PathLike[str], indent: int | None = None
         f.write('\n')
 
 
+def numbers(values: pd.Series) -> pd.Series:
+    """``values`` as floats, NaN where a value is not a number (text, an empty
+    cell, an integer too large for a float)."""
+    try:
+        return pd.to_numeric(values, errors='coerce').astype(float)
+    except (OverflowError, ValueError, TypeError):
+        def one(v: Any) -> float:
+            try:
+                return float(v)
+            except (OverflowError, ValueError, TypeError):
+                return math.nan
+        return values.map(one).astype(float)
+
+
 def confidence_column(df: pd.DataFrame, source: str) -> Any:
     """The ``confidence`` column of a crops table (path, ..., confidence) as float64,
     1.0 when the table has none; InputError naming the first crop whose value is
@@ -330,7 +380,7 @@ def confidence_column(df: pd.DataFrame, source: str) -> Any:
     import numpy as np
     if 'confidence' not in df.columns:
         return np.ones(len(df))
-    conf = pd.to_numeric(df['confidence'], errors='coerce').to_numpy(dtype=np.float64)
+    conf = numbers(df['confidence']).to_numpy(dtype=np.float64)
     bad = ~np.isfinite(conf) | (conf < 0) | (conf > 1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
@@ -340,7 +390,13 @@ def confidence_column(df: pd.DataFrame, source: str) -> Any:
 
 
 def read_csv(path: str | os.PathLike[str], **kwargs: Any) -> pd.DataFrame:
-    """Reads a CSV (gzip by suffix, '-' for stdin); bad files are an InputError."""
+    """Reads a CSV (gzip by suffix, '-' for stdin); bad files are an InputError.
+
+    Only an empty cell is missing: labels, locations and paths such as ``NA``,
+    ``None``, ``null`` or ``nan`` stay text (pandas would make them NaN), and in
+    a column of numbers they are refused where the numbers are checked."""
+    if 'keep_default_na' not in kwargs and 'na_values' not in kwargs:
+        kwargs.update(keep_default_na=False, na_values=[''])
     with open_input_text(path) as f:
         try:
             return pd.read_csv(f, **kwargs)
@@ -362,6 +418,13 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike[str], **kwargs: Any) -> 
         return
     with atomic_path(path) as tmp:
         df.to_csv(tmp, compression='gzip' if _is_gzip(path) else None, **kwargs)
+
+
+def figure_text(label: str, width: int | None = None) -> str:
+    """A label as matplotlib draws it literally: ``$`` escaped (it would start
+    mathtext, drawn wrongly or failing), cut to ``width`` characters if given."""
+    text = label if width is None or len(label) <= width else label[:width - 1] + '…'
+    return text.replace('$', r'\$')
 
 
 def write_text(text: str, path: str | os.PathLike[str]) -> None:

@@ -389,3 +389,50 @@ def test_create_classification_dataset_refuses_a_folder_that_is_not_a_report(tmp
     _refused([CDS, str(out), '--mode', 'splits', '--val-frac', '0.2', '--num-trials', '50'],
              tmp_path, 'dataset_report: exists and is not a report folder', capsys)
     assert not (out / 'splits.json').exists()
+
+
+# ---------------------------------------------------------------- after review
+
+def test_a_crop_labelled_twice_with_one_label_counts_once():
+    df = pd.DataFrame(_rows('deer', {0: 2}) + _rows('fox', {6: 2}),
+                      columns=create_classification_dataset.CSV_COLUMNS)
+    df.loc[0, 'label'] = 'deer,deer'
+    summary = _summary(df=df)
+    assert summary.table.loc['deer', 'crops'].sum() == 2
+
+
+def test_confidences_on_a_bin_edge_fall_in_that_bin():
+    rows = pd.DataFrame({'label': ['a'] * 3, 'confidence': [0.6, 0.7, 0.8]})
+    hist = dr.confidence_histograms(rows, ['a'], low=0.6, bins=4)
+    assert hist.tolist() == [[1, 1, 1, 0]]
+
+
+def test_labels_named_like_missing_values_stay_labels(tmp_path):
+    df = pd.DataFrame(_rows('None', dict.fromkeys(range(10), 2)) + _rows('NA', {0: 3}),
+                      columns=create_classification_dataset.CSV_COLUMNS)
+    df['location'] = df['location'].replace('L9', 'NA')
+    splits = {**SPLIT_DOC, 'test': [['ds', 'L8'], ['ds', 'NA']]}
+    base = _base(tmp_path, df, splits, labels=['NA', 'None'])
+    assert dataset_report.main([str(base)]) == 0
+    assert create_classification_dataset.main([str(base), '--mode', 'splits', '--val-frac',
+                                               '0.2', '--test-frac', '0.2', '--num-trials',
+                                               '50']) == 0
+    placed = {loc for locs in utils.read_json(base / 'splits.json').values() for _, loc in locs}
+    assert 'NA' in placed and len(placed) == 10
+    page = (base / 'dataset_report' / 'index.html').read_text()
+    assert '>None<' in page and '>NA<' in page and 'nan' not in page.lower().replace(
+        'nanoseconds', '')
+
+
+def test_no_samples_asked_is_not_no_crops(tmp_path):
+    base = _base(tmp_path)
+    assert dataset_report.main([str(base), '--samples-per-label', '0']) == 0
+    page = (base / 'dataset_report' / 'index.html').read_text()
+    assert ': no crops' not in page and 'deer: 41 crops, none shown' in page
+
+
+def test_the_report_folder_cannot_be_the_output_folder(tmp_path, capsys):
+    _refused([CDS, str(tmp_path / 'out'), '--mode', 'splits', '--val-frac', '0.2',
+              '--report', str(tmp_path / 'out')], tmp_path,
+             'the report folder cannot be the output folder or hold it', capsys)
+    assert not (tmp_path / 'out').exists()

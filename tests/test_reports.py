@@ -1,6 +1,8 @@
 """The evaluation report: figures, tables and crops, opened in a real headless browser."""
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 
@@ -81,3 +83,56 @@ def test_outputs_of_another_format_are_refused(tmp_path):
     with pytest.raises(reports.utils.InputError, match='needs "path" and "label"'):
         reports.report_from_outputs(tmp_path, tmp_path / 'r')
     assert not (tmp_path / 'r').exists()
+
+
+# ---------------------------------------------------------------- what every report shares
+
+def _body(folder):
+    (folder / 'sub').mkdir()
+    (folder / 'sub' / 'x.png').write_bytes(b'png')
+    return '<p>hello</p>'
+
+
+def test_a_report_folder_honours_the_umask(tmp_path):
+    from classification import report_pages
+    old = os.umask(0o027)
+    try:
+        report_pages.write_report_folder(tmp_path / 'r', 'T', _body, report_pages.DATASET)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / 'r').stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / 'r' / 'sub').stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / 'r' / 'sub' / 'x.png').stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / 'r' / 'index.html').stat().st_mode) == 0o640
+
+
+def test_what_killed_runs_left_is_removed(tmp_path):
+    from classification import report_pages
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                          capture_output=True, text=True).stdout.strip()
+    (tmp_path / f'.r.{dead}.abc').mkdir()               # a run killed while writing
+    (tmp_path / '.r.old').mkdir()                       # killed between the renames
+    (tmp_path / f'.r.{os.getppid()}.xyz').mkdir()       # a live process's: kept
+    report_pages.write_report_folder(tmp_path / 'r', 'T', _body, report_pages.DATASET)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f'.r.{os.getppid()}.xyz', 'r']
+
+
+def test_a_report_of_another_kind_is_not_replaced(tmp_path):
+    from classification import report_pages
+    report_pages.write_report_folder(tmp_path / 'r', 'T', _body, report_pages.DATASET)
+    with pytest.raises(report_pages.utils.InputError, match='holds a dataset report, not a '
+                                                            'contact sheet'):
+        report_pages.write_report_folder(tmp_path / 'r', 'T', _body,
+                                         report_pages.CONTACT_SHEET)
+    (tmp_path / 'empty').mkdir()                        # an empty folder is used
+    report_pages.write_report_folder(tmp_path / 'empty', 'T', _body, report_pages.EVALUATION)
+    assert (tmp_path / 'empty' / 'index.html').is_file()
+
+
+def test_labels_with_dollar_signs_are_drawn_as_text(tmp_path):
+    from classification import metrics
+    labels = ['x$\\foo$', 'a$b$', 'plain']
+    fig = metrics.confusion_figure(np.eye(3, dtype=np.int64), labels, 'cm')
+    fig.savefig(tmp_path / 'cm.png')                    # mathtext would fail on \foo
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [
+        'x\\$\\foo\\$', 'a\\$b\\$', 'plain']
