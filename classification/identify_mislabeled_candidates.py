@@ -247,6 +247,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_contact_sheet(sheet, tables, args.margin)
     utils.write_together([(path, ''.join(f'{f}\n' for f in files))
                           for _, path, files in outputs])
+    # lists an earlier run wrote for these splits and this one did not: out of date
+    fresh = {path for _, path, _ in outputs}
+    for split in splits:
+        for old in logdir.glob(f'mislabeled_candidates_{split}_*.txt'):
+            if old not in fresh:
+                old.unlink()
+                logger.info('%s: removed (no candidates of this dataset now)', old)
     for split, path, files in outputs:
         logger.info('%s: %d candidate images -> %s', split, len(files), path)
     return 0

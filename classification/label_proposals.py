@@ -1,8 +1,9 @@
 """Propose a label specification from image counts over the taxonomy tree.
 
-The idea is the original megaclassifier_label_spec notebook's: walk the
-taxonomy from its roots down to its leaves and make a label of every taxon
-that has enough labeled images, as fine-grained as the counts allow.
+The idea is the original megaclassifier_label_spec notebook's: search the
+taxonomy down to its leaves and make a label of every taxon that has enough
+labeled images, as fine-grained as the counts allow (done here by working up
+from the leaves).
 
 Precisely, with ``N = min_images``, each taxon ``t`` is visited after its
 children (post-order over the taxonomy tree):
@@ -244,7 +245,8 @@ def check_proposal(proposal: Proposal, tax: Taxonomy) -> None:
     try:
         resolved = resolve_label_spec(to_label_specs(proposal), tax)
     except InputError as e:
-        raise InputError(f'the proposed specification does not resolve: {e}{advice}') from e
+        why = str(e).replace(' (use --allow-multilabel to allow this)', '')  # not its flag
+        raise InputError(f'the proposed specification does not resolve: {why}{advice}') from e
     for label in proposal.labels:
         if resolved[label.name] != set(label.dataset_labels):
             raise InputError(f'label {label.name!r} would select other dataset labels than the '

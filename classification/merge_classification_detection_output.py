@@ -355,7 +355,8 @@ def merge(probs_df: pd.DataFrame, label_names: Sequence[str], detections: Mappin
                            for i, n in enumerate(label_names)})
     if rolled is not None and options.label_taxa is not None:
         categories.update({str(TAXON_ID_OFFSET + k): name for k, name
-                           in rollup.taxon_category_names(options.label_taxa).items()})
+                           in rollup.taxon_category_names(options.label_taxa,
+                                                          options.max_level).items()})
     check_unique_names(categories)
     out['classification_categories'] = categories
     if options.label_taxa is not None:

@@ -2,7 +2,7 @@ r"""Propose a label specification: the taxa with enough labeled images.
 
 Counts the images of every (dataset, dataset label) of the taxonomy CSV in the
 labeled-image database (as json_validator will select them: one class per
-image), then walks the taxonomy from its roots down to its leaves: a taxon
+image), then works up the taxonomy from its leaves to its roots: a taxon
 becomes a label when the images under it that no label below takes number at
 least --min-images; a taxon with fewer passes its images up to its parent. So
 labels are as fine-grained as the counts allow, each has at least

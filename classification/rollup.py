@@ -158,6 +158,16 @@ class LabelTaxa:
                     ok[parent] = False
         return ok
 
+    def allowed(self, max_level: str | None = None) -> np.ndarray:
+        """Per taxon, whether it can be an answer: answerable and, with
+        ``max_level``, at that level or below."""
+        if max_level is not None and max_level not in TAXONOMY_LEVELS:
+            raise utils.InputError(f'unknown taxonomy level {max_level!r}')
+        ok = self.answerable()
+        if max_level is not None:
+            ok &= self.effective_ranks() >= TAXONOMY_LEVELS.index(max_level)
+        return ok
+
     def effective_ranks(self) -> np.ndarray:
         """Per taxon, its level's position in TAXONOMY_LEVELS (0 = kingdom); an
         unknown level takes its nearest known ancestor's (-1 when none)."""
@@ -170,12 +180,13 @@ class LabelTaxa:
         return ranks
 
 
-def taxon_category_names(lt: LabelTaxa) -> dict[int, str]:
-    """{index into ``lt.taxa``: category name} of the taxa rollup can answer:
+def taxon_category_names(lt: LabelTaxa, max_level: str | None = None) -> dict[int, str]:
+    """{index into ``lt.taxa``: category name} of the taxa rollup can answer (at
+    ``max_level`` or below):
     ``taxon: <name>``, so that a taxon never takes the name of a label (such as
     a remainder label named after its family); ``taxon: <name> (<level>)`` where
     two such taxa share a name."""
-    picked = np.flatnonzero(lt.answerable()).tolist()
+    picked = np.flatnonzero(lt.allowed(max_level)).tolist()
     counts: dict[str, int] = {}
     for k in picked:
         counts[lt.taxa[k].name] = counts.get(lt.taxa[k].name, 0) + 1
@@ -289,15 +300,11 @@ class RollupResult:
 def rollup(probs: np.ndarray, lt: LabelTaxa, threshold: float,
            max_level: str | None = None) -> RollupResult:
     """Rolls each row of ``probs`` (rows x labels of ``lt``) up the tree."""
-    if max_level is not None and max_level not in TAXONOMY_LEVELS:
-        raise utils.InputError(f'unknown taxonomy level {max_level!r}')
+    allowed = lt.allowed(max_level)
     probs = np.asarray(probs, dtype=np.float64)
     n = len(probs)
     member, below = lt.membership(), lt.strict_descendants().T
     ranks = lt.effective_ranks()
-    allowed = lt.answerable()
-    if max_level is not None:
-        allowed &= ranks >= TAXONOMY_LEVELS.index(max_level)
     top = probs.argmax(axis=1) if probs.shape[1] else np.zeros(n, dtype=np.int64)
     top_p = probs[np.arange(n), top] if probs.shape[1] else np.zeros(n)
     code = np.where(top_p >= threshold - TOLERANCE, 0, 2).astype(np.int8)

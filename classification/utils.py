@@ -141,7 +141,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     with the mode a newly created file would have (mkstemp makes it 0600)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{target.name}.', suffix='.tmp', dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f'.{target.name}.', suffix='.tmp', dir=target.parent)
+    except OSError as e:     # name the file the user gave, not the temporary name
+        raise OSError(e.errno, e.strerror, str(target)) from e
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -161,3 +161,18 @@ def test_the_sheet_shows_every_misclassified_crop_of_a_run(sheet_of_run):
 def test_the_sheet_renders_in_a_real_browser(sheet_of_run):
     page = sheet_of_run / 'sheet' / 'index.html'
     assert_renders(page, min_images=len(figures(page.read_text())))
+
+
+def test_lists_of_an_earlier_run_do_not_outlive_it(small_run):
+    run, _ = small_run
+    assert imc.main([str(run), '--margin', '0.5']) == 0
+    assert sorted(p.name for p in run.glob('mislabeled_candidates_*.txt')) == [
+        'mislabeled_candidates_test_ds1.txt', 'mislabeled_candidates_test_ds2.txt',
+        'mislabeled_candidates_val_ds3.txt']
+    (run / 'mislabeled_candidates_train_ds9.txt').write_text('a split not looked at\n')
+    # a stricter margin: ds1's elk (0.95) is no longer a candidate, ds2's missing crop
+    # (1.0) still is; train was not looked at
+    assert imc.main([str(run), '--margin', '0.96', '--splits', 'test', 'val']) == 0
+    assert sorted(p.name for p in run.glob('mislabeled_candidates_*.txt')) == [
+        'mislabeled_candidates_test_ds2.txt', 'mislabeled_candidates_train_ds9.txt',
+        'mislabeled_candidates_val_ds3.txt']

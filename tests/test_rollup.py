@@ -179,6 +179,12 @@ def test_max_level_keeps_high_taxa_out(tree):
     assert answer(tree, row, max_level='family')[0] == 'none'
     with pytest.raises(utils.InputError, match='unknown taxonomy level'):
         rollup.rollup(row, tree, T, 'clade')
+    # the categories a merge lists are the taxa that can be answers, at max_level or below
+    names = set(rollup.taxon_category_names(tree).values())
+    below_order = set(rollup.taxon_category_names(tree, 'order').values())
+    assert 'taxon: carnivora' in below_order and below_order < names
+    assert all(tree.taxa[k].level not in ('class', 'phylum', 'kingdom')
+               for k in rollup.taxon_category_names(tree, 'order'))
 
 
 def reference_rollup(lt: rollup.LabelTaxa, p: np.ndarray, t: float) -> tuple[int, int]:
