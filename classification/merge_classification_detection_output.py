@@ -460,9 +460,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
-    utils.check_one_stdin(args.classification_csv, args.label_names_json, args.detection_json,
-                          args.queried_images_json, args.taxonomy_csv, args.label_spec,
-                          args.allow_list)
+    inputs = [*args.classification_csv, args.label_names_json, args.detection_json,
+              args.queried_images_json, args.taxonomy_csv, args.label_spec, args.allow_list]
+    utils.check_one_stdin(*inputs)
+    # writing over an input (the taxonomy CSV, the allow-list, ...) would destroy it
+    utils.check_output_path(args.output_json, inputs)
     df = classifier_output.read_outputs(args.classification_csv,
                                         dtype={'path': str, 'label': str})
     # read after the classifications: in a pipe, the step before writes this file
