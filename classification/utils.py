@@ -54,9 +54,12 @@ OUTPUT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
                            errno.ENOENT, errno.EEXIST})
 
 
-def one_line(text: str) -> str:
-    """A message on one line (library errors, PyTorch's among them, span several)."""
-    return ' '.join(str(text).split())
+def one_line(text: str, longest: int = 300) -> str:
+    """A message on one line (library errors, PyTorch's among them, span several),
+    a word longer than ``longest`` characters (a 400-digit number from a hostile
+    file) shortened to its start and end."""
+    return ' '.join(w if len(w) <= longest else f'{w[:longest - 80]}…{w[-60:]}'
+                    for w in str(text).split())
 
 
 def os_error_message(e: OSError) -> str:
@@ -247,11 +250,15 @@ def check_output_path(path: str | os.PathLike[str],
     if not out.exists():
         return
     for given in inputs:
-        if given is None or str(given) == STDIO or not Path(given).exists():
+        if given is None or str(given) == STDIO:
             continue
-        if os.path.samefile(out, given):
-            raise InputError(f'{path}: is also an input of this step ({given}); choose '
-                             'another output')
+        # a quoted glob of shard files stands for the files it matches
+        matches = ([given] if Path(given).exists() or not glob.has_magic(str(given))
+                   else glob.glob(str(given)))
+        for one in matches:
+            if Path(one).exists() and os.path.samefile(out, one):
+                raise InputError(f'{path}: is also an input of this step ({one}); choose '
+                                 'another output')
 
 
 FAILURE_LOG_VERSION = 1

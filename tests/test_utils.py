@@ -201,3 +201,20 @@ def test_outputs_written_together_land_together_or_not_at_all(tmp_path, capsys):
     assert (tmp_path / 'a.txt').read_text() == 'new a'
     assert gzip.decompress((tmp_path / 'c.csv.gz').read_bytes()) == b'x,y\n'
     assert capsys.readouterr().out == 'to stdout'
+
+
+def test_a_one_line_message_shortens_only_huge_words():
+    huge = '9' * 400
+    line = utils.one_line(f"error in\nrow 2: '{huge}' is not a number")
+    assert line.startswith('error in row 2: ') and line.endswith(' is not a number')
+    assert len(line) < 400 and '…' in line
+    path = '/data/' + 'a/' * 100 + 'x.jpg'               # 211 characters: kept whole
+    assert utils.one_line(path) == path
+
+
+def test_an_output_matched_by_an_input_glob_is_refused(tmp_path):
+    for k in range(2):
+        (tmp_path / f'out_{k}.csv').write_text('x\n')
+    with pytest.raises(utils.InputError, match='is also an input of this step'):
+        utils.check_output_path(tmp_path / 'out_1.csv', [str(tmp_path / 'out_*.csv')])
+    utils.check_output_path(tmp_path / 'other.csv', [str(tmp_path / 'out_*.csv')])
