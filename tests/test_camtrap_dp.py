@@ -261,8 +261,8 @@ TAXONOMY_CSV = ('label,scientificName,taxonRank,vernacularName\n'
                 'deer,Cervidae,family,deer\nfox,Vulpes vulpes,species,red fox\n')
 
 
-@pytest.fixture
-def inputs(tmp_path: Path) -> dict[str, str]:
+def make_inputs(tmp_path: Path) -> dict[str, str]:
+    """Photos with EXIF times (one without), the merged JSON, deployments and taxa."""
     images = tmp_path / 'photos'
     photo(images / 'cam_a/img1.jpg', '2024:05:01 06:30:15')
     photo(images / 'cam_a/img2.jpg', '2024:05:03 22:00:00')
@@ -275,6 +275,11 @@ def inputs(tmp_path: Path) -> dict[str, str]:
             'deployments': write(tmp_path, 'deployments.csv', DEPLOYMENTS_CSV),
             'taxonomy': write(tmp_path, 'taxa.csv', TAXONOMY_CSV),
             'out': str(tmp_path / 'package'), 'logdir': str(tmp_path / 'logs')}
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict[str, str]:
+    return make_inputs(tmp_path)
 
 
 def export_args(i: dict[str, str], *extra: str) -> list[str]:

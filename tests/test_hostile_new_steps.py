@@ -25,7 +25,7 @@ from PIL import Image
 
 from classification import utils
 from tests.conftest import REPO, snapshot, write
-from tests.test_camtrap_dp import DEPLOYMENTS_CSV, TAXONOMY_CSV, TIMELAPSE
+from tests.test_camtrap_dp import DEPLOYMENTS_CSV, TAXONOMY_CSV, TIMELAPSE, make_inputs
 from tests.test_camtrap_dp import photo as exif_photo
 from tests.test_dataset_report import SPLIT_DOC, _base
 from tests.test_rollup import LABELS, SPEC, _detections, probs_of, taxonomy_csv
@@ -105,24 +105,10 @@ def sequence_args(t: Path, doc_edit: Callable[[dict], None] | None = None,
     return [CS, merged, str(t / 'seq.csv'), '--coco', coco, *extra]
 
 
-def camtrap_inputs(t: Path) -> dict[str, str]:
-    images = t / 'photos'
-    exif_photo(images / 'cam_a/img1.jpg', '2024:05:01 06:30:15')
-    exif_photo(images / 'cam_a/img2.jpg', '2024:05:03 22:00:00')
-    exif_photo(images / 'cam_b/sub/img3.jpg', '2024:05:02 12:00:01')
-    exif_photo(images / 'cam_b/img4.jpg', '2024:05:04 01:02:03')
-    exif_photo(images / 'cam_b/no_time.jpg', None)
-    exif_photo(images / 'elsewhere/img5.jpg', '2024:05:02 12:00:00')
-    return {'json': write(t, 'merged.json', TIMELAPSE), 'images': str(images),
-            'deployments': write(t, 'deployments.csv', DEPLOYMENTS_CSV),
-            'taxonomy': write(t, 'taxa.csv', TAXONOMY_CSV),
-            'out': str(t / 'package'), 'logdir': str(t / 'logs')}
-
-
 def camtrap_args(t: Path, *extra: str, doc: dict | None = None, deployments: str | bytes |
                  None = None, taxonomy: str | bytes | None = None,
                  out: str | None = None) -> list[str]:
-    i = camtrap_inputs(t)
+    i = make_inputs(t)
     if doc is not None:
         (t / 'merged.json').write_text(json.dumps(doc))
     if deployments is not None:
