@@ -95,6 +95,7 @@ class DatasetSummary:
     empty_locations: list[str]     # locations of splits.json with no crops
     settings: ReportSettings
     comparison: SplitComparison | None = None
+    has_confidence: bool = True    # the CSV had a confidence column
 
 
 # ---------------------------------------------------------------- reading
@@ -111,7 +112,8 @@ def read_dataset_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
                                'confidence, label)')
     if df.empty:
         raise utils.InputError(f'{path}: no crops')
-    df['confidence'] = utils.confidence_column(df, str(path))
+    if 'confidence' in df.columns:       # without one, summarize counts crops at 1.0
+        df['confidence'] = utils.confidence_column(df, str(path))
     empty = df['label'].str.contains(r'(?:^|,)\s*(?:,|$)', regex=True)
     if empty.any():
         raise utils.InputError(f'{path}: crop {df["path"][empty].iloc[0]!r} has an empty label')
@@ -330,8 +332,9 @@ def summarize(df: pd.DataFrame, labels: Sequence[str] | None, splits: Splits,
     location assignment; ``other``: (name of this assignment, name of the other, the
     other assignment) for the comparison. Locations of ``splits`` with no crops are
     listed, not refused (:func:`check_consistent` refuses them in files)."""
+    has_confidence = 'confidence' in df.columns
     conf = (utils.numbers(df['confidence']).to_numpy(dtype=np.float64, copy=True)
-            if 'confidence' in df.columns else np.ones(len(df)))
+            if has_confidence else np.ones(len(df)))
     conf[~((conf >= 0) & (conf <= 1))] = np.nan          # unknown: left out of the histograms
     df = df.assign(confidence=conf, path=df['path'].astype(str),
                    label=df['label'].astype(str))
@@ -361,7 +364,7 @@ def summarize(df: pd.DataFrame, labels: Sequence[str] | None, splits: Splits,
         confidence_stats=confidence_stats(rows, labels), samples=samples,
         n_crops=len(df), n_locations=len(locs), n_datasets=int(df['dataset'].nunique()),
         multilabel=len(rows) != len(df), empty_locations=empty, settings=settings,
-        comparison=comparison)
+        comparison=comparison, has_confidence=has_confidence)
 
 
 def compare_splits(rows: pd.DataFrame, labels: Sequence[str], locs: Sequence[tuple[str, str]],
@@ -574,9 +577,11 @@ def build_page(summary: DatasetSummary, folder: Path, crops_dir: Path | None) ->
                                 summary.labels[chunk.start:chunk.stop], title,
                                 summary.confidence_low)
         figs.append(report_pages.save_figure(fig, folder, f'confidence_{k}.png', title))
-    out.append('<h2 id="confidence">Detection confidence per label</h2><p>Crops of '
-               'ground-truth boxes have confidence 1.0; detector crops have the '
-               'detector\'s confidence (at least the threshold they were made with).</p>'
+    about = ('Crops of ground-truth boxes have confidence 1.0; detector crops have the '
+             'detector\'s confidence (at least the threshold they were made with).'
+             if summary.has_confidence else 'The dataset CSV has no confidence column: '
+             'every crop is counted at 1.0 here.')
+    out.append(f'<h2 id="confidence">Detection confidence per label</h2><p>{about}</p>'
                f'<div class="figs">{"".join(figs)}</div>'
                + _table_html(summary.confidence_stats))
     out.append(f'<h2 id="samples">Sample crops per label</h2><p>Up to '

@@ -436,3 +436,10 @@ def test_the_report_folder_cannot_be_the_output_folder(tmp_path, capsys):
               '--report', str(tmp_path / 'out')], tmp_path,
              'the report folder cannot be the output folder or hold it', capsys)
     assert not (tmp_path / 'out').exists()
+
+
+def test_a_csv_without_confidences_says_so(tmp_path):
+    base = _base(tmp_path, _frame().drop(columns=['confidence']))
+    assert dataset_report.main([str(base)]) == 0
+    page = (base / 'dataset_report' / 'index.html').read_text()
+    assert 'has no confidence column' in page and 'Crops of ground-truth boxes' not in page
