@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from classification import utils
+from detection.detector_output import category_kind, same_file
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +73,8 @@ PROFILE_URL = f'{BASE_URL}/camtrap-dp-profile.json'
 TABLES = ('deployments', 'media', 'observations')
 STEP = 'export_camtrap_dp'
 
-# merge_classification_detection_output --label adds the true label as category
-# 1000000 + index: a person's label, not the classifier's
-LABEL_ID_OFFSET = 1_000_000
-# merge --rollup-threshold adds rolled-up taxa as category 2000000 + index, named
-# 'taxon: <name>', first in the list of a detection whose top label fell short
-TAXON_ID_OFFSET = 2_000_000
+# merge --rollup-threshold puts a rolled-up taxon (detector_output.TAXON_ID_OFFSET
+# and up) first in the list of a detection whose top label fell short
 TAXON_PREFIX = 'taxon: '
 
 # the columns each table is written with, in the standard's order
@@ -363,7 +360,7 @@ def media_file_path(file: str, media_root: str | None = None) -> str:
     """``media.filePath`` of the photo ``file`` (relative to the photos folder):
     under ``media_root`` (checked by check_media_root) when given, URL-quoted
     under a URL."""
-    rel = posixpath.normpath(file.replace('\\', '/'))
+    rel = same_file(file)
     if not media_root:
         return rel
     if URL_RE.match(media_root):
@@ -388,7 +385,7 @@ def check_document(doc: Mapping[str, Any], source: str = 'detections JSON') -> N
 
 def deployment_of(file: str, deployments: Sequence[Deployment]) -> Deployment | None:
     """The deployment whose folder is the longest one holding ``file``."""
-    parts = tuple(p for p in posixpath.normpath(file.replace('\\', '/')).split('/')
+    parts = tuple(p for p in same_file(file).split('/')
                   if p not in ('', '.'))
     best: Deployment | None = None
     for dep in deployments:
@@ -446,10 +443,10 @@ def classifier_answer(det: Mapping[str, Any], source: str, file: str) -> Answer 
             raise utils.InputError(f'{source}: {file}: classification confidence {conf!r} '
                                    'is not from 0 to 1')
         conf = min(conf, 1.0)       # a rolled-up sum may round just above 1
-        number = int(cat) if cat.isdigit() else -1
-        if number >= TAXON_ID_OFFSET:
+        kind = category_kind(cat)
+        if kind == 'taxon':
             return Answer(cat, conf, True)
-        if number >= LABEL_ID_OFFSET:
+        if kind == 'label':         # a person's label, not the classifier's
             continue
         if best is None or conf > best.confidence:
             best = Answer(cat, conf, False)
@@ -737,18 +734,14 @@ def table_text(rows: Iterable[Mapping[str, str]], fields: Sequence[str]) -> str:
 def write_package(package: Package, output_dir: str | os.PathLike[str]) -> Path:
     """Writes the package into a temporary folder beside ``output_dir`` and renames
     it there (replacing an older package only), with the umask's modes."""
-    import json
     target = check_output_dir(output_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = utils.new_temp_dir(target)
     try:
         for name in TABLES:
             (tmp / f'{name}.csv').write_text(table_text(package.tables[name],
                                                         TABLE_FIELDS[name]),
                                              encoding='utf-8', newline='')
-        (tmp / 'datapackage.json').write_text(
-            json.dumps(package.descriptor, indent=2, ensure_ascii=False) + '\n',
-            encoding='utf-8')
+        utils.write_json(package.descriptor, tmp / 'datapackage.json', indent=2)
         utils.replace_dir(tmp, target)
     finally:
         if tmp.exists():

@@ -217,7 +217,7 @@ def read_outputs(paths: Sequence[str], **kwargs: Any) -> pd.DataFrame:
         if list(df.columns) != columns:
             raise utils.InputError(f'{p}: columns differ from {files[0]}')
     out = pd.concat(frames, ignore_index=True)
-    _check_unique(out, ', '.join(files))
+    utils.check_unique_paths(out, ', '.join(files))
     return out
 
 
@@ -234,7 +234,7 @@ def check_probabilities(df: pd.DataFrame, source: str) -> pd.DataFrame:
     if df['path'].isna().any():
         raise utils.InputError(f'{source}: row {int(df["path"].isna().to_numpy().argmax()) + 2}'
                                ' has no path')
-    _check_unique(df, source)
+    utils.check_unique_paths(df, source)
     probs = [c for c in df.columns if c not in NOT_PROBABILITIES]
     if not probs:
         raise utils.InputError(f'{source}: no probability columns')
@@ -248,9 +248,3 @@ def check_probabilities(df: pd.DataFrame, source: str) -> pd.DataFrame:
                                    'number from 0 to 1)')
         df[col] = values.astype(float)
     return df
-
-
-def _check_unique(df: pd.DataFrame, source: str) -> None:
-    dup = df['path'].duplicated()
-    if dup.any():
-        raise utils.InputError(f'{source}: crop {df["path"][dup].iloc[0]!r} is listed twice')

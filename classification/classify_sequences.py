@@ -134,8 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for f in files:
             utils.safe_join(args.images_dir, f)
         times = photo_times.photo_times(args.images_dir, files, threads=args.threads)
-        grouping = sequences.sequences_from_times(
-            times, settings.max_gap_seconds or DEFAULT_MAX_GAP_SECONDS)
+        assert settings.max_gap_seconds is not None      # settings_from sets it for EXIF times
+        grouping = sequences.sequences_from_times(times, settings.max_gap_seconds)
         alone = 'photos without a readable time'
     if grouping.singletons:
         logger.warning('%d %s: each is a sequence of its own', grouping.singletons, alone)

@@ -40,13 +40,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from classification import crop_data, dataset_reports, utils
+from classification import dataset_reports, report_pages, split_files, utils
 from classification.taxonomy import parse_label_spec
 from detection.detector_output import DetectionCache, queried_image_crops, read_queried_images
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ('train', 'val', 'test')
+SPLITS = split_files.SPLITS
 CSV_NAME = 'classification_ds.csv'
 CSV_COLUMNS = ['path', 'dataset', 'location', 'dataset_class', 'confidence', 'label']
 
@@ -275,8 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     csv_path = out / CSV_NAME
     report_dir = None
     if 'splits' in args.mode and not args.no_report:
-        report_dir = dataset_reports.check_report_dir(
-            args.report or out / dataset_reports.REPORT_DIR_NAME)
+        report_dir = report_pages.check_report_dir(
+            args.report or out / dataset_reports.REPORT_DIR_NAME, report_pages.DATASET)
         here = report_dir.resolve()
         if here == out.resolve() or here in out.resolve().parents:
             raise utils.InputError(f'{report_dir}: the report folder cannot be the output '
@@ -285,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # fails leaves the outputs of the last good run as they were
     test_locs: list[tuple[str, str]] = []
     if args.match_test:
-        test_locs = crop_data.read_splits(Path(args.match_test[1])).get('test', [])
+        test_locs = split_files.read_splits(Path(args.match_test[1])).get('test', [])
     writes: list[Callable[[], object]] = []
     if 'csv' in args.mode:
         if args.detector_version is not None:

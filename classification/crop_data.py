@@ -73,10 +73,7 @@ def load_split_frames(dataset_dir: str | os.PathLike[str], labels: Sequence[str]
                                    'the label index (multi-label rows need --multilabel)')
         df['label_idx'] = df['label'].map(label_to_idx).astype(int)
     df['confidence'] = utils.confidence_column(df, f'{base}/classification_ds.csv')
-    dup = df['path'].duplicated()
-    if dup.any():
-        raise utils.InputError(f'{base}/classification_ds.csv: crop {df["path"][dup].iloc[0]!r} '
-                               'is listed twice')
+    utils.check_unique_paths(df, f'{base}/classification_ds.csv')
     keys = pd.Series(list(zip(df['dataset'], df['location'], strict=True)), index=df.index)
     known = set(keys)
     listed = {loc for locs in split_locs.values() for loc in locs}

@@ -42,9 +42,6 @@ CONFIDENCE_BINS = 20
 LABELS_PER_FIGURE = 50
 MOVED_SHOWN = 100
 REPORT_DIR_NAME = 'dataset_report'
-def check_report_dir(report_dir: str | os.PathLike[str]) -> Path:
-    return report_pages.check_report_dir(report_dir, report_pages.DATASET)
-
 Splits = Mapping[str, Sequence[tuple[str, str]]]
 
 
@@ -102,7 +99,8 @@ class DatasetSummary:
 
 def read_dataset_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
     """classification_ds.csv, checked: the columns the report needs, a number from 0
-    to 1 as each confidence (1.0 where the column is absent), each crop once."""
+    to 1 as each confidence (the column may be absent: summarize then counts each
+    crop at 1.0), each crop once."""
     df = utils.read_csv(path, dtype={'path': str, 'dataset': str, 'location': str,
                                      'label': str}, keep_default_na=False)
     missing = sorted({'path', 'dataset', 'location', 'label'} - set(df.columns))
@@ -117,9 +115,7 @@ def read_dataset_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
     empty = df['label'].str.contains(r'(?:^|,)\s*(?:,|$)', regex=True)
     if empty.any():
         raise utils.InputError(f'{path}: crop {df["path"][empty].iloc[0]!r} has an empty label')
-    dup = df['path'].duplicated()
-    if dup.any():
-        raise utils.InputError(f'{path}: crop {df["path"][dup].iloc[0]!r} is listed twice')
+    utils.check_unique_paths(df, str(path))
     return df
 
 
@@ -610,7 +606,7 @@ def report_from_files(base_logdir: str | os.PathLike[str], report_dir: str | os.
     """The dataset report of the files in ``base_logdir`` (classification_ds.csv,
     label_index.json, splits.json or ``splits_json``), checked against each other
     (and ``compare``, a second splits.json) before anything is written."""
-    check_report_dir(report_dir)
+    report_pages.check_report_dir(report_dir, report_pages.DATASET)
     base = Path(base_logdir)
     csv_path = base / CSV_NAME
     df = read_dataset_csv(csv_path)

@@ -54,6 +54,7 @@ from classification import (
     metrics,
     model_files,
     models,
+    report_pages,
     reports,
     utils,
 )
@@ -155,8 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = utils.load_label_index(Path(dataset_dir) / 'label_index.json')
     model_labels = utils.load_label_index(args.label_index) if args.label_index else labels
     check_against_run(run_dir, model_labels, dataset_dir, args.label_index)
-    report_dir = None if args.no_report else reports.check_report_dir(
-        args.report or Path(args.output_dir) / 'report')
+    report_dir = None if args.no_report else report_pages.check_report_dir(
+        args.report or Path(args.output_dir) / 'report', report_pages.EVALUATION)
     dist = Dist.from_env(models.pick_device(args.device))
     device = dist.device
     multilabel = params.get('multilabel', False)

@@ -134,15 +134,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         license=args.license, classified_by=args.classified_by,
         media_root=args.media_root)
     unsafe: dict[str, str] = {}
-    readable = []
+    kept = []
     for img in doc['images']:
         try:
             utils.safe_join(args.images_dir, img['file'])
-            readable.append(img['file'])
+            kept.append(img)
         except utils.InputError as e:
             unsafe[img['file']] = str(e)
-    times = photo_times.photo_times(args.images_dir, readable, args.threads)
-    doc = {**doc, 'images': [img for img in doc['images'] if img['file'] not in unsafe]}
+    n_images = len(doc['images'])
+    times = photo_times.photo_times(args.images_dir, [img['file'] for img in kept], args.threads)
+    doc = {**doc, 'images': kept}
     package = camtrap_dp.build_package(doc, times, deployments, settings, taxonomy,
                                        source=args.detections_json)
     failures = {**unsafe, **package.failures}
@@ -151,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tables = package.tables
     log = utils.write_failure_log(
         args.logdir, camtrap_dp.STEP,
-        {'images': len(doc['images']) + len(unsafe), 'media': len(tables['media']),
+        {'images': n_images, 'media': len(tables['media']),
          'observations': len(tables['observations']), 'failed': len(failures)},
         failures)
     for name, why in list(failures.items())[:20]:

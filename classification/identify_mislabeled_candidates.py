@@ -41,12 +41,11 @@ import numpy as np
 import pandas as pd
 
 from classification import report_pages, utils
-from classification.classifier_output import check_probabilities
+from classification.classifier_output import NOT_PROBABILITIES, check_probabilities
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ('train', 'val', 'test')
-META_COLUMNS = ('path', 'label', 'weight')
 MAX_THUMBNAILS = 500
 
 
@@ -65,16 +64,13 @@ def margins(df: pd.DataFrame, source: str) -> tuple[np.ndarray, np.ndarray]:
         if name not in df.columns:
             raise utils.InputError(f'{source}: no "{name}" column')
     df = check_probabilities(df, source)   # each a number from 0 to 1, each crop once
-    classes = [c for c in df.columns if c not in META_COLUMNS]
+    classes = [c for c in df.columns if c not in NOT_PROBABILITIES]
     label_col = pd.Index(classes).get_indexer(pd.Index(df['label'].astype(str)))
     if (label_col < 0).any():
         row = int(np.flatnonzero(label_col < 0)[0])
         raise utils.InputError(f'{source}: row {row + 2}: label {df["label"].iloc[row]!r} '
                                'has no probability column')
-    try:
-        probs = df[classes].to_numpy(dtype=np.float64)
-    except ValueError as e:
-        raise utils.InputError(f'{source}: probability columns must be numbers ({e})') from e
+    probs = df[classes].to_numpy(dtype=np.float64)
     top = probs.argmax(axis=1)
     margin = probs[np.arange(len(df)), top] - probs[np.arange(len(df)), label_col]
     return margin, np.asarray(classes, dtype=object)[top] if len(df) else np.array([], object)
@@ -158,12 +154,6 @@ def write_contact_sheet(sheet: ContactSheet, tables: Mapping[str, pd.DataFrame],
         return contact_sheet_body(tables, margin, thumbs, sheet.max_thumbnails)
     return report_pages.write_report_folder(sheet.report_dir, 'Mislabeled candidates', build,
                                             report_pages.CONTACT_SHEET)
-
-
-def candidates(df: pd.DataFrame, margin: float, include_dataset: bool,
-               source: str) -> dict[str, list[str]]:
-    """{dataset: sorted unique image paths} of the crops at or above the margin."""
-    return image_lists(candidate_crops(df, margin, source)['path'], include_dataset, source)
 
 
 def image_lists(crops: Iterable[str], include_dataset: bool, source: str

@@ -48,6 +48,7 @@ from classification.taxonomy import (
     DatasetLabel,
     LabelSpec,
     Selection,
+    TaxonKey,
     Taxonomy,
     TaxonSpec,
     label_spec_to_json,
@@ -59,7 +60,6 @@ from data_management.megadb.schema import image_classes
 
 logger = logging.getLogger(__name__)
 
-TaxonKey = tuple[str, str]   # (level, name)
 WHOLE, REMAINDER = 'taxon', 'remainder'
 
 
@@ -87,6 +87,10 @@ class Proposal:
     @property
     def images(self) -> int:
         return sum(label.images for label in self.labels)
+
+    @property
+    def unassigned_images(self) -> int:
+        return sum(n for _, n in self.unassigned)
 
 
 def count_images(db: MegaDB, tax: Taxonomy) -> dict[DatasetLabel, int]:

@@ -81,6 +81,8 @@ from classification.taxonomy import TAXONOMY_LEVELS
 from detection.detector_output import (
     DEFAULT_DETECTION_CATEGORIES,
     FORMAT_VERSION,
+    LABEL_ID_OFFSET,
+    TAXON_ID_OFFSET,
     detector_name,
     load_cache,
     read_document,
@@ -89,8 +91,6 @@ from detection.detector_output import (
 
 logger = logging.getLogger(__name__)
 
-LABEL_ID_OFFSET = 1_000_000
-TAXON_ID_OFFSET = 2_000_000
 
 
 def _version_tuple(v: Any) -> tuple[int, ...]:

@@ -37,6 +37,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from classification import label_proposals, report_pages, utils
 from classification.taxonomy import load_taxonomy_csv
 from data_management.megadb.base import (
@@ -61,18 +63,18 @@ class Settings:
     json_indent: int | None
 
 
-def report_body(proposal: label_proposals.Proposal, folder: Path, source: str) -> str:
+def report_body(proposal: label_proposals.Proposal, counts: pd.DataFrame, folder: Path,
+                source: str) -> str:
     """The report page's body; writes taxonomy_tree.png into ``folder``."""
     fig = label_proposals.tree_figure(
         proposal, f'{len(proposal.labels)} labels with at least {proposal.min_images} images')
     tree = report_pages.save_figure(fig, folder, 'taxonomy_tree.png',
                                     'taxonomy tree of the proposed labels')
-    n_left = sum(n for _, n in proposal.unassigned)
     parts = [f'<p>From {html.escape(source)}: <b>{len(proposal.labels)}</b> labels with at '
              f'least {proposal.min_images} images each, {proposal.images} images in all; '
-             f'{n_left} images in no label.</p>', f'<div>{tree}</div>',
+             f'{proposal.unassigned_images} images in no label.</p>', f'<div>{tree}</div>',
              '<h2>Labels</h2>',
-             label_proposals.counts_table(proposal).to_html(index=False, classes='stats')]
+             counts.to_html(index=False, classes='stats')]
     if proposal.unassigned:
         rows = ''.join(f'<tr><td>{html.escape(ds)}</td><td>{html.escape(q)}</td><td>{n}</td>'
                        '</tr>' for (ds, q), n in proposal.unassigned)
@@ -104,13 +106,14 @@ def run(settings: Settings) -> label_proposals.Proposal:
                        'label_spec.csv written')
     spec = json.dumps(label_proposals.to_label_spec_json(proposal), indent=settings.json_indent,
                       ensure_ascii=False) + '\n'
+    table = label_proposals.counts_table(proposal)
     # the report first (the part more likely to fail), then the files, together
     report_pages.write_report_folder(
         out / REPORT, 'Proposed label specification',
-        lambda folder: report_body(proposal, folder, settings.taxonomy_csv), report_pages.LABEL_SPEC)
+        lambda folder: report_body(proposal, table, folder, settings.taxonomy_csv),
+        report_pages.LABEL_SPEC)
     files = [(out / 'label_spec.json', spec),
-             (out / 'label_spec_counts.csv',
-              label_proposals.counts_table(proposal).to_csv(index=False))]
+             (out / 'label_spec_counts.csv', table.to_csv(index=False))]
     if csv_spec is not None:
         files.append((out / 'label_spec.csv', csv_spec))
     utils.write_together(files)
@@ -118,7 +121,7 @@ def run(settings: Settings) -> label_proposals.Proposal:
         logger.info('%s (%s %s, %s): %d images', label.name, *label.taxon, label.kind,
                     label.images)
     logger.info('%d labels, %d images; %d images in no label -> %s', len(proposal.labels),
-                proposal.images, sum(n for _, n in proposal.unassigned),
+                proposal.images, proposal.unassigned_images,
                 out / 'label_spec.json')
     return proposal
 

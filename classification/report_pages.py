@@ -125,7 +125,6 @@ def write_report_folder(report_dir: str | os.PathLike[str], title: str,
     renamed onto ``report_dir`` (replacing an older report only) with the
     umask's modes. Returns the path of index.html."""
     target = check_report_dir(report_dir, kind)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = utils.new_temp_dir(target)
     try:
         body = build(tmp)

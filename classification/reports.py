@@ -27,8 +27,6 @@ from classification import classifier_output, metrics, report_pages, utils
 
 EXAMPLES_PER_CELL = 6
 TOP_PAIRS = 10
-def check_report_dir(report_dir: str | os.PathLike[str]) -> Path:
-    return report_pages.check_report_dir(report_dir, report_pages.EVALUATION)
 
 
 @dataclass(frozen=True)
@@ -145,17 +143,15 @@ def split_section(split: SplitResult, labels: Sequence[str], folder: Path, thumb
     table, ece = calibration(split.probs, split.y_true)
     out.append(f'<p>top-1 accuracy <b>{top1:.2%}</b>, top-3 {top3:.2%}, expected '
                f'calibration error {ece:.3f}</p>')
-    cm = metrics.confusion(split.y_true, split.y_pred, len(labels))
-    fig = metrics.confusion_figure(cm, labels, f'{split.name}: confusion matrix')
-    fig.savefig(folder / f'confusion_{split.name}.png', dpi=100)
-    fig = reliability_figure(table, ece, f'{split.name}: reliability')
-    fig.savefig(folder / f'reliability_{split.name}.png', dpi=100)
+    cm, stats = metrics.label_stats(split.y_true, split.y_pred, labels, split.name)
     out.append('<div class="figs">'
-               + report_pages.img(f'confusion_{split.name}.png', f'{split.name} confusion matrix')
-               + report_pages.img(f'reliability_{split.name}.png',
-                                  f'{split.name} reliability diagram')
+               + report_pages.save_figure(
+                   metrics.confusion_figure(cm, labels, f'{split.name}: confusion matrix'),
+                   folder, f'confusion_{split.name}.png', f'{split.name} confusion matrix')
+               + report_pages.save_figure(
+                   reliability_figure(table, ece, f'{split.name}: reliability'),
+                   folder, f'reliability_{split.name}.png', f'{split.name} reliability diagram')
                + '</div>')
-    _, stats = metrics.label_stats(split.y_true, split.y_pred, labels, split.name)
     stats = stats.drop(columns=['split'])
     out.append('<h3>Per label</h3>' + stats.to_html(index=False, float_format='{:.3f}'.format,
                                                       na_rep='', classes='stats'))

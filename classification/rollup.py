@@ -81,6 +81,7 @@ from classification import utils
 from classification.taxonomy import (
     TAXONOMY_LEVELS,
     LabelSpec,
+    TaxonKey,
     Taxonomy,
     check_csv,
     csv_spec_to_json,
@@ -90,7 +91,6 @@ from classification.taxonomy import (
 
 logger = logging.getLogger(__name__)
 
-TaxonKey = tuple[str, str]          # (level, name)
 TOLERANCE = 1e-9
 DEFAULT_LOCATION = '*'
 _CHUNK_ROWS = 65536
@@ -429,12 +429,8 @@ def read_allow_list(path: str | os.PathLike[str], labels: Iterable[str]) -> Allo
     if str(path).lower().endswith(('.json', '.json.gz')):
         return parse_allow_list_json(utils.read_json(path, unique_keys=True), labels,
                                      str(path))
-    with utils.open_input_text(path) as f:
-        try:
-            text = f.read()
-        except UnicodeDecodeError as e:
-            raise utils.InputError(f'{path}: not UTF-8 text ({e.reason} at byte '
-                                   f'{e.start})') from e
+    with utils.open_input_text(path) as f:     # non-UTF-8 text: its InputError
+        text = f.read()
     # a byte order mark, as Excel writes "CSV UTF-8" (utf-8-sig)
     return parse_allow_list_csv(text.removeprefix('\ufeff'), labels, str(path))
 
@@ -463,8 +459,11 @@ def _photo_folders(photos: Sequence[str] | pd.Series) -> tuple[np.ndarray, Seque
 def unused_locations(photos: Sequence[str] | pd.Series,
                      allow: Mapping[str, frozenset[str]]) -> list[str]:
     """The listed locations (``*`` aside) that no photo falls under, sorted."""
-    _, uniques = _photo_folders(photos)
-    used = {photo_location(f, allow) for f in uniques}
+    return _unused(_photo_folders(photos)[1], allow)
+
+
+def _unused(folders: Sequence[str], allow: Mapping[str, frozenset[str]]) -> list[str]:
+    used = {photo_location(f, allow) for f in folders}
     return sorted(loc for loc in allow if loc != DEFAULT_LOCATION and loc not in used)
 
 
@@ -473,11 +472,12 @@ def log_unused_locations(photos: Sequence[str] | pd.Series,
     """Warns of each listed location no photo falls under (the first ``limit`` by
     name, then how many more), pointing out a photo folder that differs only in
     case. Returns those locations."""
-    unused = unused_locations(photos, allow)
+    folders = _photo_folders(photos)[1]         # once: photos may be millions
+    unused = _unused(folders, allow)
     if not unused:
         return unused
     by_lower: dict[str, str] = {}
-    for folder in _photo_folders(photos)[1]:
+    for folder in folders:
         parts = _location_key(folder).split('/')[:-1]
         for k in range(1, len(parts) + 1):
             prefix = '/'.join(parts[:k])

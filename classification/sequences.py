@@ -53,15 +53,17 @@ import pandas as pd
 
 from classification.photo_times import parse_exif_time
 from classification.utils import InputError
-from detection.detector_output import animal_category_ids
+from detection.detector_output import (
+    LABEL_ID_OFFSET,
+    animal_category_ids,
+    category_kind,
+    same_file,
+)
 
 # the leading columns of the per-sequence CSV; then one column per category
 CSV_COLUMNS = ('seq_id', 'camera', 'first_file', 'last_file', 'start_time', 'end_time',
                'photos', 'detections', 'top_label', 'top_probability')
 TIME_FORMAT = '%Y-%m-%d %H:%M:%S'
-# category ids of merge_classification_detection_output that are not the classifier's
-LABEL_ID_OFFSET = 1_000_000     # the true label (--label), "label: <name>"
-TAXON_ID_OFFSET = 2_000_000     # a taxon of the taxonomic rollup (--rollup-threshold)
 
 
 @dataclass(frozen=True)
@@ -101,12 +103,6 @@ class SequenceResult:
         if self.probs is None:
             return None
         return int(np.argmax(np.asarray(self.probs)))
-
-
-def same_file(name: str) -> str:
-    """One spelling of a photo path (``a/./b.jpg``, ``a\\b.jpg`` and ``a//b.jpg``
-    name the same photo)."""
-    return posixpath.normpath(name.replace('\\', '/'))
 
 
 def parse_time(value: object) -> dt.datetime | None:
@@ -235,15 +231,6 @@ def sequences_from_times(times: Mapping[str, dt.datetime | None], max_gap_second
         for n, (files, whens) in enumerate(groups, 1):
             out.append(PhotoSequence(f'{camera}#{n:04d}', camera, files, whens))
     return Grouping(_ordered(out), singletons=singletons)
-
-
-def category_kind(cat_id: str) -> str:
-    """``'classifier'``, ``'label'`` (a true label) or ``'taxon'`` (a rollup taxon),
-    by the ranges of ids merge_classification_detection_output uses."""
-    if not cat_id.isdigit():
-        return 'classifier'
-    n = int(cat_id)
-    return 'taxon' if n >= TAXON_ID_OFFSET else 'label' if n >= LABEL_ID_OFFSET else 'classifier'
 
 
 def category_order(doc: Mapping[str, Any], source: str) -> list[tuple[str, str]]:

@@ -31,6 +31,7 @@ from classification.utils import InputError, open_input_text
 
 # (dataset, dataset label)
 DatasetLabel = tuple[str, str]
+TaxonKey = tuple[str, str]          # (level, name) of a taxon
 
 TAXONOMY_LEVELS = (
     'kingdom', 'phylum', 'subphylum', 'superclass', 'class', 'subclass', 'infraclass',

@@ -383,6 +383,13 @@ def numbers(values: pd.Series) -> pd.Series:
         return values.map(one).astype(float)
 
 
+def check_unique_paths(df: pd.DataFrame, source: str) -> None:
+    """Refuses a crops table that lists a crop (its ``path``) twice."""
+    dup = df['path'].duplicated()
+    if dup.any():
+        raise InputError(f'{source}: crop {df["path"][dup].iloc[0]!r} is listed twice')
+
+
 def confidence_column(df: pd.DataFrame, source: str) -> Any:
     """The ``confidence`` column of a crops table (path, ..., confidence) as float64,
     1.0 when the table has none; InputError naming the first crop whose value is

@@ -56,6 +56,26 @@ def _is_number(value: Any) -> TypeGuard[float]:
         return False
 
 
+# category ids merge_classification_detection_output adds beside the classifier's
+LABEL_ID_OFFSET = 1_000_000     # the true label (--label), "label: <name>"
+TAXON_ID_OFFSET = 2_000_000     # a taxon of the taxonomic rollup, "taxon: <name>"
+
+
+def category_kind(cat_id: str) -> str:
+    """``'classifier'``, ``'label'`` (a true label) or ``'taxon'`` (a rollup taxon),
+    by the ranges of ids merge_classification_detection_output uses."""
+    if not cat_id.isdigit():
+        return 'classifier'
+    n = int(cat_id)
+    return 'taxon' if n >= TAXON_ID_OFFSET else 'label' if n >= LABEL_ID_OFFSET else 'classifier'
+
+
+def same_file(name: str) -> str:
+    """One spelling of a photo path (``a/./b.jpg``, ``a\\b.jpg`` and ``a//b.jpg``
+    name the same photo)."""
+    return posixpath.normpath(name.replace('\\', '/'))
+
+
 def check_document(doc: Any, source: str) -> dict[str, Any]:
     """Checks the parts of a detector-output document that the pipeline relies on.
 
@@ -74,7 +94,7 @@ def check_document(doc: Any, source: str) -> dict[str, Any]:
         if not isinstance(img, dict) or not isinstance(img.get('file'), str):
             raise InputError(f'{source}: images[{i}] has no "file" string')
         # the same photo however it is written ("a/./b.jpg", "a//b.jpg")
-        same = posixpath.normpath(img['file'].replace('\\', '/'))
+        same = same_file(img['file'])
         if same in seen:
             raise InputError(f'{source}: images[{i}]: {img["file"]!r} is listed twice (its '
                              'crops would overwrite each other)')
