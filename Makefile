@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 # validator module imports
 VALIDATOR := megadetector==10.0.28
 VALIDATOR_DEPS := opencv-python-headless send2trash jsonpickle humanfriendly python-dateutil requests
+# an independent reading of Camtrap DP 1.0 (dataclasses per table) that export_camtrap_dp is
+# checked against; --no-deps: it pins pandas<3, and only its CSV readers are used
+CAMTRAPDP := camtrapdp==0.1.0
 TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test lint typecheck pytest venv clean
@@ -43,6 +46,7 @@ lint: $(STAMP)
 $(TEST_STAMP): $(STAMP) Makefile package.json package-lock.json
 	$(PY) -m pip install --quiet --no-deps $(VALIDATOR)
 	$(PY) -m pip install --quiet $(VALIDATOR_DEPS)
+	$(PY) -m pip install --quiet --no-deps $(CAMTRAPDP)
 	npm ci --no-audit --no-fund --loglevel=error   # Azurite and cosmosdb-server, pinned
 	@# the reports are checked in a real headless browser: Debian's chromium and its driver
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null \
