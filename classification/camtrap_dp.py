@@ -25,6 +25,19 @@ the detector's name and confidence. A file merged with --relative-conf
 (``info.classifier_metadata.relative_conf``) is refused: its confidences are
 differences, not probabilities.
 
+Event-level observations (on request, ``build_package(events=...)``): an event
+is a sequence of photos (the burst a camera trap takes each time it fires, as
+classify_sequences groups them). Each event gets ``observationLevel`` =
+``event`` observations, mutually exclusive so that counts can be summed: one
+``animal`` observation when any of its photos has an animal box of at least
+the threshold (``scientificName`` and ``classificationProbability`` from the
+event's combined classification, the classifier's top class; ``count`` the
+most animal boxes in one of its photos), one ``human`` (with count) and one
+``vehicle`` likewise, and one ``blank`` when none of its photos has a box.
+``eventStart``/``eventEnd`` are its first and last exported photo's times;
+its media-level observations carry its ``eventID``. An event's photos must
+all belong to one deployment.
+
 The deployments CSV (UTF-8, a header row) maps photo folders to deployments:
 
     folder,deploymentID,latitude,longitude[,locationID][,locationName]
@@ -168,6 +181,17 @@ class ExportSettings:
     classified_by: str | None = None  # instead of info.classifier
     media_root: str | None = None    # filePath prefix: a URL or a relative folder
     created: dt.datetime | None = None  # default: now (UTC)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A sequence of photos for event-level observations: its photos (the
+    detections JSON's ``file`` values) and its combined classification, the
+    classifier category id and probability (None: no animal box to combine)."""
+    event_id: str
+    files: tuple[str, ...]
+    category: str | None = None
+    probability: float | None = None
 
 
 @dataclass
@@ -490,19 +514,117 @@ def deployment_bounds(dep: Deployment, stamps: Sequence[dt.datetime]
     return start, end
 
 
+def photo_problem(img: Mapping[str, Any], times: Mapping[str, dt.datetime | None],
+                  deployments: Sequence[Deployment], tz: dt.tzinfo) -> str | None:
+    """Why a photo of the detections JSON is left out of a package (None: it is
+    exported)."""
+    file = img['file']
+    if img.get('failure'):
+        return f'detector failure: {img["failure"]}'
+    dep = deployment_of(file, deployments)
+    if dep is None:
+        return 'in no folder of the deployments CSV'
+    naive = times.get(file)
+    if naive is None:
+        return 'no photo time (file missing or unreadable, or no EXIF DateTimeOriginal/DateTime)'
+    if MEDIATYPES.get(posixpath.splitext(file)[1].lower()) is None:
+        return 'not a photo type Camtrap DP media are written for'
+    stamp = naive.replace(tzinfo=tz)
+    if (dep.start is not None and stamp < dep.start) or (
+            dep.end is not None and stamp > dep.end):
+        return (f'outside its deployment: taken {format_time(stamp)}, deployment '
+                f'{dep.deployment_id} runs from '
+                f'{format_time(dep.start) if dep.start else "its first photo"} to '
+                f'{format_time(dep.end) if dep.end else "its last photo"} (check '
+                '--utc-offset, the camera clock and the deployments CSV)')
+    return None
+
+
+def exported_images(doc: Mapping[str, Any], times: Mapping[str, dt.datetime | None],
+                    deployments: Sequence[Deployment], utc_offset: str
+                    ) -> list[dict[str, Any]]:
+    """The images of ``doc`` that a package built from the same inputs exports
+    (for grouping them into events first)."""
+    tz = _tz(check_utc_offset(utc_offset))
+    return [img for img in doc['images'] if photo_problem(img, times, deployments, tz) is None]
+
+
 def _blank_row(fields: Sequence[str]) -> dict[str, str]:
     return dict.fromkeys(fields, '')
 
 
+@dataclass(frozen=True)
+class _Exported:
+    """What event-level observations need of an exported photo."""
+    stamp: dt.datetime
+    deployment_id: str
+    boxes: Mapping[str, int]        # observationType -> boxes of at least the threshold
+
+
+def _event_index(events: Sequence[Event], source: str) -> dict[str, str]:
+    """Each photo's event id; InputError for a repeated event id or a photo in
+    two events."""
+    index: dict[str, str] = {}
+    ids: set[str] = set()
+    for event in events:
+        if not event.event_id or event.event_id in ids:
+            raise utils.InputError(f'{source}: event id {event.event_id!r} is empty or '
+                                   'given twice')
+        ids.add(event.event_id)
+        for file in event.files:
+            key = same_file(file)
+            if key in index:
+                raise utils.InputError(f'{source}: {file} is in two events ({index[key]} and '
+                                       f'{event.event_id})')
+            index[key] = event.event_id
+    return index
+
+
+def _event_rows(event: Event, exported: Mapping[str, _Exported], detector: str,
+                classifier: str, taxon: Taxon | None) -> list[dict[str, str]]:
+    """The event-level observations of one event (see the module docstring)."""
+    photos = [exported[k] for k in (same_file(f) for f in event.files) if k in exported]
+    if not photos:
+        return []
+    deps = sorted({p.deployment_id for p in photos})
+    if len(deps) > 1:
+        raise utils.InputError(f'event {event.event_id}: its photos are in deployments '
+                               f'{deps[0]} and {deps[1]}; a sequence is one camera\'s (check '
+                               'the sequences and the deployments CSV)')
+    base = {**_blank_row(OBSERVATION_FIELDS), 'deploymentID': deps[0],
+            'eventID': event.event_id, 'observationLevel': 'event',
+            'eventStart': format_time(min(p.stamp for p in photos)),
+            'eventEnd': format_time(max(p.stamp for p in photos)),
+            'classificationMethod': 'machine', 'classifiedBy': detector}
+    rows = []
+    for kind in ('animal', 'human', 'vehicle', 'unknown'):
+        most = max(p.boxes.get(kind, 0) for p in photos)
+        if not most:
+            continue
+        row = {**base, 'observationID': f'{event.event_id}:{kind}', 'observationType': kind}
+        if kind in ('animal', 'human'):
+            row['count'] = str(most)
+        if kind == 'animal' and taxon is not None and event.probability is not None:
+            row.update({'scientificName': taxon.scientific_name, 'classifiedBy': classifier,
+                        'classificationProbability': _num(min(event.probability, 1.0))})
+        rows.append(row)
+    if not rows:
+        rows.append({**base, 'observationID': f'{event.event_id}:blank',
+                     'observationType': 'blank'})
+    return rows
+
+
 def build_package(doc: Mapping[str, Any], times: Mapping[str, dt.datetime | None],
                   deployments: Sequence[Deployment], settings: ExportSettings,
-                  taxonomy: Mapping[str, Taxon] | None = None, source: str = 'detections JSON'
-                  ) -> Package:
+                  taxonomy: Mapping[str, Taxon] | None = None, source: str = 'detections JSON',
+                  events: Sequence[Event] | None = None) -> Package:
     """The package of a checked Timelapse JSON ``doc``: ``times`` holds each photo's
     (naive, camera clock) time or None. Photos with no time, no deployment, a
     detector failure or an unknown file type are left out and listed in
     ``failures``, and so are photos taken outside their deployment's given start
-    or end. Raises InputError when nothing is left or the inputs disagree."""
+    or end. With ``events`` (each photo in at most one), event-level observations
+    are added (see the module docstring); an event without exported photos gets
+    none. Raises InputError when nothing is left or the inputs disagree."""
     check_document(doc, source)
     tz = _tz(check_utc_offset(settings.utc_offset))
     media_root = check_media_root(settings.media_root or '')
@@ -523,34 +645,38 @@ def build_package(doc: Mapping[str, Any], times: Mapping[str, dt.datetime | None
     taxa: dict[str, Taxon] = {}
     unknown_labels: set[str] = set()
     seen_ids: dict[str, str] = {}
+    event_of = _event_index(events or (), source)
+    exported: dict[str, _Exported] = {}
+
+    def taxon_of(label: str, rolled_up: bool) -> Taxon:
+        """The taxon written for a classification category name (and noted for
+        the descriptor's taxonomic coverage)."""
+        if rolled_up:
+            taxon = rollup_taxon(taxon_name(label), taxonomy)
+        else:
+            found = taxonomy.get(label)
+            if found is None:
+                unknown_labels.add(label)
+                found = Taxon(label)
+            taxon = found
+            written_labels.add(label)
+        known = taxa.get(taxon.scientific_name)
+        if known is None or (taxon.rank and not known.rank):
+            taxa[taxon.scientific_name] = taxon
+        return taxon
+
     for img in doc['images']:
         file = img['file']
-        if img.get('failure'):
-            failures[file] = f'detector failure: {img["failure"]}'
+        problem = photo_problem(img, times, deployments, tz)
+        if problem is not None:
+            failures[file] = problem
             continue
         dep = deployment_of(file, deployments)
-        if dep is None:
-            failures[file] = 'in no folder of the deployments CSV'
-            continue
         naive = times.get(file)
-        if naive is None:
-            failures[file] = ('no photo time (file missing or unreadable, or no EXIF '
-                              'DateTimeOriginal/DateTime)')
-            continue
         mediatype = MEDIATYPES.get(posixpath.splitext(file)[1].lower())
-        if mediatype is None:
-            failures[file] = 'not a photo type Camtrap DP media are written for'
-            continue
+        assert dep is not None and naive is not None and mediatype is not None
         stamp = naive.replace(tzinfo=tz)
         when = format_time(stamp)
-        if (dep.start is not None and stamp < dep.start) or (
-                dep.end is not None and stamp > dep.end):
-            failures[file] = (
-                f'outside its deployment: taken {when}, deployment {dep.deployment_id} runs '
-                f'from {format_time(dep.start) if dep.start else "its first photo"} to '
-                f'{format_time(dep.end) if dep.end else "its last photo"} (check '
-                '--utc-offset, the camera clock and the deployments CSV)')
-            continue
         mid = media_id(file)
         if mid in seen_ids:     # two paths hashing alike: keep the ids unique
             raise utils.InputError(f'{source}: {file} and {seen_ids[mid]} get the same '
@@ -565,8 +691,10 @@ def build_package(doc: Mapping[str, Any], times: Mapping[str, dt.datetime | None
                       'fileMediatype': mediatype})
         base = {**_blank_row(OBSERVATION_FIELDS), 'deploymentID': dep.deployment_id,
                 'mediaID': mid, 'eventStart': when, 'eventEnd': when,
+                'eventID': event_of.get(same_file(file), ''),
                 'observationLevel': 'media', 'classificationMethod': 'machine'}
         boxes = 0
+        per_type: dict[str, int] = {}
         for idx, det in enumerate(img.get('detections') or []):
             if det['conf'] < settings.threshold:
                 continue
@@ -588,25 +716,25 @@ def build_package(doc: Mapping[str, Any], times: Mapping[str, dt.datetime | None
                     raise utils.InputError(f'{source}: {file}: classification category '
                                            f'{top.category!r} is not in '
                                            'classification_categories')
-                if top.rolled_up:
-                    taxon = rollup_taxon(taxon_name(label), taxonomy)
-                else:
-                    found = taxonomy.get(label)
-                    if found is None:
-                        unknown_labels.add(label)
-                        found = Taxon(label)
-                    taxon = found
-                    written_labels.add(label)
-                known = taxa.get(taxon.scientific_name)
-                if known is None or (taxon.rank and not known.rank):
-                    taxa[taxon.scientific_name] = taxon
+                taxon = taxon_of(label, top.rolled_up)
                 row.update({'scientificName': taxon.scientific_name, 'classifiedBy': classifier,
                             'classificationProbability': _num(top.confidence)})
             observations.append(row)
             boxes += 1
+            per_type[row['observationType']] = per_type.get(row['observationType'], 0) + 1
         if boxes == 0:
             observations.append({**base, 'observationID': f'{mid}-blank',
                                  'observationType': 'blank', 'classifiedBy': detector})
+        exported[same_file(file)] = _Exported(stamp, dep.deployment_id, per_type)
+    for event in events or ():
+        label = None
+        if event.category is not None:
+            label = cls_cats.get(event.category)
+            if label is None or category_kind(event.category) != 'classifier':
+                raise utils.InputError(f'event {event.event_id}: category {event.category!r} '
+                                       'is not a classifier category of the detections JSON')
+        observations += _event_rows(event, exported, detector, classifier,
+                                    taxon_of(label, False) if label is not None else None)
     if not media:
         reasons: dict[str, int] = {}
         for why in failures.values():

@@ -17,7 +17,19 @@ folder OUTPUT_DIR:
                        --threshold (animal/human/vehicle with its bbox; an
                        animal's scientificName and classificationProbability
                        from merge's rolled-up taxon, else the classifier's top
-                       class), one 'blank' per photo without a box
+                       class), one 'blank' per photo without a box; with
+                       --events also event-level observations (below)
+
+Event-level observations (--events): photos are grouped into sequences as
+classify_sequences groups them (--coco: each image's seq_id; otherwise per
+camera folder, a new sequence after a gap of more than --max-gap-seconds,
+default 60, between EXIF times). Each sequence is an event: one 'animal'
+observation when any of its photos has an animal box (scientificName and
+classificationProbability from the conf-weighted mean of its animal
+detections' classifications, the classifier's top class; count: the most
+animal boxes in one photo), one 'human' and one 'vehicle' likewise, one
+'blank' when none of its photos has a box; the media-level observations carry
+its eventID. Ecologists count events, not photos.
 
 Camtrap DP reads a relative filePath as a path inside the package folder:
 without --media-root (a URL, or the photos folder relative to where the
@@ -37,19 +49,23 @@ Example:
     python -m classification.export_camtrap_dp merged.json camtrap_dp \
         --images-dir photos --deployments deployments.csv \
         --title "Forest survey 2024" --contributor "Jane Doe" --utc-offset +02:00 \
-        --taxonomy taxa.csv --threshold 0.2 --media-root ../photos
+        --taxonomy taxa.csv --threshold 0.2 --media-root ../photos --events
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from classification import camtrap_dp, photo_times, utils
-from detection.detector_output import read_document
+from classification import camtrap_dp, photo_times, sequences, utils
+from detection.detector_output import category_kind, read_document
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_GAP_SECONDS = 60.0      # as classify_sequences
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -86,11 +102,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              'folder relative to where the package will sit, e.g. '
                              '../photos (default: none, the paths under --images-dir, '
                              'which Camtrap DP reads as inside the package folder)')
+    parser.add_argument('--events', action='store_true',
+                        help='also write event-level observations, one event per sequence '
+                             'of photos')
+    parser.add_argument('--coco',
+                        help='with --events: COCO Camera Traps JSON giving each photo\'s '
+                             'seq_id (default: sequences from EXIF times)')
+    parser.add_argument('--max-gap-seconds', type=utils.positive_float,
+                        help='with --events and no --coco: the longest gap within a '
+                             f'sequence (default: {DEFAULT_MAX_GAP_SECONDS:g})')
     parser.add_argument('--threads', type=utils.positive_int, default=8,
                         help='threads reading EXIF times (default: 8)')
     parser.add_argument('--logdir', default='.',
                         help='folder for the failure log (default: .)')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.events and (args.coco is not None or args.max_gap_seconds is not None):
+        parser.error('--coco and --max-gap-seconds go with --events')
+    if args.coco is not None and args.max_gap_seconds is not None:
+        parser.error('--max-gap-seconds goes without --coco (--coco gives the sequences)')
+    return args
 
 
 def _offset(text: str) -> str:
@@ -116,10 +146,37 @@ def check_logdir(logdir: str, output_dir: str) -> None:
                                'inside it; give a log folder outside the package')
 
 
+def events_of(doc: dict[str, Any], exported: list[dict[str, Any]],
+              times: Mapping[str, dt.datetime | None], threshold: float,
+              coco: str | None, max_gap_seconds: float | None, source: str
+              ) -> list[camtrap_dp.Event]:
+    """The exported photos grouped into sequences, each with its combined
+    classification (none when the JSON has no classifier categories)."""
+    files = [img['file'] for img in exported]
+    if coco is not None:
+        grouping = sequences.sequences_from_coco(utils.read_json(coco), files, coco)
+    else:
+        gap = DEFAULT_MAX_GAP_SECONDS if max_gap_seconds is None else max_gap_seconds
+        grouping = sequences.sequences_from_times({f: times.get(f) for f in files}, gap)
+    cats = doc.get('classification_categories') or {}
+    if not any(category_kind(str(k)) == 'classifier' for k in cats):
+        return [camtrap_dp.Event(seq.seq_id, seq.files) for seq in grouping.sequences]
+    order = sequences.category_order(doc, source)
+    results = sequences.combine({**doc, 'images': exported}, grouping, threshold, source)
+    events = []
+    for r in results:
+        top = r.top()
+        events.append(camtrap_dp.Event(
+            r.sequence.seq_id, r.sequence.files,
+            None if top is None else order[top][0],
+            None if top is None or r.probs is None else r.probs[top]))
+    return events
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     utils.setup_logging()
-    utils.check_one_stdin(args.detections_json, args.deployments, args.taxonomy)
+    utils.check_one_stdin(args.detections_json, args.deployments, args.taxonomy, args.coco)
     camtrap_dp.check_output_dir(args.output_dir)
     check_logdir(args.logdir, args.output_dir)
     deployments = camtrap_dp.read_deployments(args.deployments)
@@ -144,8 +201,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_images = len(doc['images'])
     times = photo_times.photo_times(args.images_dir, [img['file'] for img in kept], args.threads)
     doc = {**doc, 'images': kept}
+    events = None
+    if args.events:
+        exported = camtrap_dp.exported_images(doc, times, deployments, settings.utc_offset)
+        events = events_of(doc, exported, times, settings.threshold, args.coco,
+                           args.max_gap_seconds, args.detections_json)
     package = camtrap_dp.build_package(doc, times, deployments, settings, taxonomy,
-                                       source=args.detections_json)
+                                       source=args.detections_json, events=events)
     failures = {**unsafe, **package.failures}
     utils.writable_dir(args.logdir)
     camtrap_dp.write_package(package, args.output_dir)
@@ -157,9 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         failures)
     for name, why in list(failures.items())[:20]:
         logger.warning('%s: %s', name, why)
-    logger.info('wrote %s: %d deployments, %d media, %d observations; %d photos left out '
+    logger.info('wrote %s: %d deployments, %d media, %d observations%s; %d photos left out '
                 '(%s)', args.output_dir, len(tables['deployments']), len(tables['media']),
-                len(tables['observations']), len(failures), log)
+                len(tables['observations']),
+                '' if events is None else f' ({sum(bool(e.files) for e in events)} events)',
+                len(failures), log)
     return 0
 
 

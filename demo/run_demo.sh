@@ -114,14 +114,14 @@ $PY -m classification.classify_sequences "$N/detections_with_classifications.jso
     "$N/sequences.csv" --images-dir "$P/new_photos/images" --max-gap-seconds 60 \
     --threshold 0.2 --smoothed-json "$N/detections_smoothed.json"
 
-step "14. export_camtrap_dp: the results as a Camtrap DP 1.0 package"
+step "14. export_camtrap_dp: the results as a Camtrap DP 1.0 package (photo and event level)"
 { echo folder,deploymentID,latitude,longitude
   for d in "$P"/new_photos/images/*/; do d=$(basename "$d"); echo "$d,demo-$d,47.37,8.54"; done
 } > "$N/deployments.csv"
 $PY -m classification.export_camtrap_dp "$N/detections_smoothed.json" "$N/camtrap_dp" \
     --images-dir "$P/new_photos/images" --deployments "$N/deployments.csv" \
     --title "Demo survey" --contributor "Demo user" --utc-offset Z --threshold 0.2 \
-    --media-root ../../project/new_photos/images \
+    --media-root ../../project/new_photos/images --events --max-gap-seconds 60 \
     --logdir "$N"
 
 step "15. identify_mislabeled_candidates: a contact sheet of crops to review"

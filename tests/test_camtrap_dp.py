@@ -457,6 +457,147 @@ def test_the_package_is_read_by_an_independent_camtrap_dp_library(inputs):
                     kind(value)                           # ValueError if not allowed
 
 
+# ---------------------------------------------------------------- events
+
+def _animal(conf: float, fox: float, deer: float) -> dict[str, Any]:
+    return {'category': '1', 'conf': conf, 'bbox': [0.1, 0.1, 0.2, 0.2],
+            'classifications': [['1', fox], ['0', deer]]}
+
+
+EVENTS_TIMELAPSE = {
+    **TIMELAPSE,
+    'images': [
+        # a burst of three: fox, then a fox and a deer-ish box, then a person
+        {'file': 'cam_x/p1.jpg', 'detections': [_animal(0.9, 0.7, 0.3)]},
+        {'file': 'cam_x/p2.jpg', 'detections': [_animal(0.5, 0.4, 0.6),
+                                                _animal(0.8, 0.9, 0.1)]},
+        {'file': 'cam_x/p3.jpg', 'detections': [
+            _animal(0.1, 0.0, 1.0),                                # below the threshold
+            {'category': '2', 'conf': 0.8, 'bbox': [0.5, 0.5, 0.2, 0.2]}]},
+        {'file': 'cam_x/p4.jpg', 'detections': []},                # an empty trigger
+        {'file': 'cam_x/p5.jpg', 'detections': [
+            {'category': '3', 'conf': 0.5, 'bbox': [0.0, 0.0, 0.5, 0.5]}]},
+        {'file': 'cam_y/p6.jpg', 'detections': [_animal(0.8, 0.1, 0.9)]},
+    ]}
+EVENT_TIMES = {'cam_x/p1.jpg': '2024:05:01 10:00:00', 'cam_x/p2.jpg': '2024:05:01 10:00:02',
+               'cam_x/p3.jpg': '2024:05:01 10:00:04', 'cam_x/p4.jpg': '2024:05:01 12:00:00',
+               'cam_x/p5.jpg': '2024:05:01 12:05:00', 'cam_y/p6.jpg': '2024:05:01 10:00:01'}
+
+
+@pytest.fixture
+def event_inputs(tmp_path: Path) -> dict[str, str]:
+    for file, when in EVENT_TIMES.items():
+        photo(tmp_path / 'photos' / file, when)
+    deployments = ('folder,deploymentID,latitude,longitude\n'
+                   'cam_x,dep-x,51.5,4.25\ncam_y,dep-y,51.6,4.3\n')
+    return {'json': write(tmp_path, 'merged.json', EVENTS_TIMELAPSE),
+            'images': str(tmp_path / 'photos'),
+            'deployments': write(tmp_path, 'deployments.csv', deployments),
+            'taxonomy': write(tmp_path, 'taxa.csv', TAXONOMY_CSV),
+            'out': str(tmp_path / 'package'), 'logdir': str(tmp_path / 'logs')}
+
+
+def _events(out: Path) -> dict[str, dict[str, dict[str, str]]]:
+    """Event-level observations by eventID, then observationType."""
+    events: dict[str, dict[str, dict[str, str]]] = {}
+    for r in read_table(out, 'observations'):
+        if r['observationLevel'] == 'event':
+            assert r['mediaID'] == '' and r['bboxX'] == ''
+            events.setdefault(r['eventID'], {})[r['observationType']] = r
+    return events
+
+
+def test_event_level_observations_from_exif_bursts(event_inputs):
+    assert export_camtrap_dp.main(export_args(event_inputs, '--taxonomy',
+                                              event_inputs['taxonomy'], '--events')) == 0
+    out = Path(event_inputs['out'])
+    assert package_errors(out) == []
+    events = _events(out)
+    assert sorted(events) == ['cam_x#0001', 'cam_x#0002', 'cam_x#0003', 'cam_y#0001']
+    burst = events['cam_x#0001']
+    assert sorted(burst) == ['animal', 'human']
+    fox = burst['animal']
+    # conf-weighted mean of the three boxes of at least 0.2: fox (0.9*0.7 + 0.5*0.4 +
+    # 0.8*0.9) / 2.2; the most animals in one photo: 2
+    assert (fox['scientificName'], fox['count'], fox['classifiedBy']) == (
+        'Vulpes vulpes', '2', 'demo-resnet18')
+    assert float(fox['classificationProbability']) == pytest.approx(1.55 / 2.2, abs=1e-6)
+    assert (fox['eventStart'], fox['eventEnd'], fox['deploymentID']) == (
+        '2024-05-01T10:00:00+02:00', '2024-05-01T10:00:04+02:00', 'dep-x')
+    assert burst['human']['count'] == '1' and burst['human']['scientificName'] == ''
+    assert sorted(events['cam_x#0002']) == ['blank']           # p4 alone: nothing seen
+    assert sorted(events['cam_x#0003']) == ['vehicle']
+    assert events['cam_x#0003']['vehicle']['count'] == ''
+    deer = events['cam_y#0001']['animal']                      # another camera, same minute
+    assert (deer['scientificName'], deer['count'], deer['deploymentID']) == (
+        'Cervidae', '1', 'dep-y')
+    assert float(deer['classificationProbability']) == pytest.approx(0.9)
+    # the media-level observations are linked to their event
+    media = {r['mediaID']: r['fileName'] for r in read_table(out, 'media')}
+    linked = {(media[r['mediaID']], r['eventID']) for r in read_table(out, 'observations')
+              if r['observationLevel'] == 'media'}
+    assert linked == {('p1.jpg', 'cam_x#0001'), ('p2.jpg', 'cam_x#0001'),
+                      ('p3.jpg', 'cam_x#0001'), ('p4.jpg', 'cam_x#0002'),
+                      ('p5.jpg', 'cam_x#0003'), ('p6.jpg', 'cam_y#0001')}
+    for table, cls in _independent_tables():
+        assert cls.from_csv(str(out / f'{table}.csv'))  # type: ignore[attr-defined]
+
+
+def test_event_grouping_follows_the_gap_and_the_coco_sequences(event_inputs, tmp_path):
+    assert export_camtrap_dp.main(export_args(event_inputs, '--events',
+                                              '--max-gap-seconds', '1')) == 0
+    out = Path(event_inputs['out'])
+    assert len([e for e in _events(out) if e.startswith('cam_x')]) == 5   # every photo alone
+    coco = {'images': [{'file_name': f, 'seq_id': s, 'location': f.split('/')[0]}
+                       for f, s in [('cam_x/p1.jpg', 'A'), ('cam_x/p2.jpg', 'A'),
+                                    ('cam_x/p3.jpg', 'A'), ('cam_x/p4.jpg', 'B'),
+                                    ('cam_x/p5.jpg', 'B'), ('cam_y/p6.jpg', 'C')]]}
+    assert export_camtrap_dp.main(export_args(
+        event_inputs, '--events', '--coco', write(tmp_path, 'coco.json', coco))) == 0
+    events = _events(out)
+    assert sorted(events) == ['A', 'B', 'C']
+    assert sorted(events['B']) == ['vehicle']           # p4's empty frame is in the burst
+    assert events['A']['animal']['scientificName'] == 'fox'    # no taxonomy: the label
+    assert package_errors(out) == []
+
+
+def test_event_refusals(event_inputs, tmp_path, capsys):
+    out = Path(event_inputs['out'])
+    coco = {'images': [{'file_name': f, 'seq_id': 'one'} for f in EVENT_TIMES]}
+    assert _refusal(event_inputs, capsys, export_args(
+        event_inputs, '--events', '--coco', write(tmp_path, 'coco.json', coco))) \
+        .startswith('error: event one: its photos are in deployments dep-x and dep-y')
+    assert not out.exists()
+    for extra in (['--coco', 'x.json'], ['--max-gap-seconds', '5'],
+                  ['--events', '--coco', 'x.json', '--max-gap-seconds', '5']):
+        with pytest.raises(SystemExit) as e:
+            export_camtrap_dp.main(export_args(event_inputs, *extra))
+        assert e.value.code == 2
+    assert not out.exists()
+
+
+def test_events_as_a_library_call():
+    """build_package checks the events it is given."""
+    settings = camtrap_dp.ExportSettings(title='t', contributor='c')
+    deps = camtrap_dp.parse_deployments('folder,deploymentID,latitude,longitude\n.,d,0,0\n')
+    doc = {**EVENTS_TIMELAPSE, 'images': EVENTS_TIMELAPSE['images'][:2]}
+    times = {'cam_x/p1.jpg': dt.datetime(2024, 5, 1, 10), 'cam_x/p2.jpg': None}
+    twice = [camtrap_dp.Event('a', ('cam_x/p1.jpg',)), camtrap_dp.Event('b', ('cam_x/p1.jpg',))]
+    with pytest.raises(utils.InputError, match='is in two events'):
+        camtrap_dp.build_package(doc, times, deps, settings, events=twice)
+    with pytest.raises(utils.InputError, match='not a classifier category'):
+        camtrap_dp.build_package(doc, times, deps, settings, events=[
+            camtrap_dp.Event('a', ('cam_x/p1.jpg',), '1000000', 0.5)])
+    # p2 has no time: left out, so its event has no observations
+    package = camtrap_dp.build_package(doc, times, deps, settings, events=[
+        camtrap_dp.Event('a', ('cam_x/p1.jpg',), '1', 0.7),
+        camtrap_dp.Event('b', ('cam_x/p2.jpg',))])
+    rows = [r for r in package.tables['observations'] if r['observationLevel'] == 'event']
+    assert [(r['eventID'], r['observationType'], r['scientificName'], r['count'],
+             r['classificationProbability']) for r in rows] == [('a', 'animal', 'fox', '1',
+                                                                 '0.7')]
+
+
 def test_bbox_mapping_clips_to_the_photo():
     assert camtrap_dp.camtrap_bbox([0.1, 0.2, 0.3, 0.4]) == (0.1, 0.2, 0.3, 0.4)
     assert camtrap_dp.camtrap_bbox([-0.1, 0.9, 0.3, 0.3]) == (0.0, 0.9, 0.2, pytest.approx(0.1))

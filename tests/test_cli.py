@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from tests.conftest import REPO, read_json, run_module
@@ -83,6 +84,15 @@ def test_demo_end_to_end(tmp_path):
     new = out / 'new_photos'
     assert (new / 'sequences.csv').read_text().startswith('seq_id,')
     assert (new / 'camtrap_dp' / 'datapackage.json').is_file()
+    # one event per sequence of the sequence CSV (same grouping), each with its observations
+    seqs = pd.read_csv(new / 'sequences.csv', keep_default_na=False)
+    obs = pd.read_csv(new / 'camtrap_dp' / 'observations.csv', keep_default_na=False)
+    events = obs[obs['observationLevel'] == 'event']
+    assert set(events['eventID']) == set(seqs['seq_id'])
+    animals = events[events['observationType'] == 'animal'].set_index('eventID')
+    with_animal = seqs[seqs['top_label'] != ''].set_index('seq_id')
+    assert set(animals.index) == set(with_animal.index)
+    assert (animals.loc[with_animal.index, 'scientificName'] == with_animal['top_label']).all()
     (run,) = {p.parent for p in (out / 'base_logdir').glob('*/params.json')}
     for report in (out / 'base_logdir' / 'dataset_report', run / 'report',
                    run / 'mislabeled_review'):

@@ -324,6 +324,17 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         t, out=READ_ONLY + '/package'), READ_ONLY),
     'camtrap: the photos folder as the package': (lambda t: camtrap_args(
         t, out=str(t / 'photos')), 'not a Camtrap DP package'),
+    'camtrap: --events --coco that is not COCO': (lambda t: camtrap_args(
+        t, '--events', '--coco', write(t, 'coco.json', [1, 2])),
+        'expected a COCO Camera Traps JSON object'),
+    'camtrap: --events --coco without a photo': (lambda t: camtrap_args(
+        t, '--events', '--coco', write(t, 'coco.json', {'images': [
+            {'file_name': 'cam_a/img1.jpg', 'seq_id': 's'}]})), 'are not in it'),
+    'camtrap: --events --coco non-UTF-8': (lambda t: camtrap_args(
+        t, '--events', '--coco', write(t, 'coco.json', b'{"images": ["\xff"]}')),
+        'not UTF-8'),
+    'camtrap: --events, stdin twice': (lambda t: replaced(
+        camtrap_args(t, '--events', '--coco', '-'), {1: '-'}), 'stdin'),
     # --- dataset_report
     'report: non-UTF-8 dataset CSV': (lambda t: report_args(t, edit=lambda b: (
         b / 'classification_ds.csv').write_bytes(b'path,label\n\xff,x\n')), 'not UTF-8'),
