@@ -32,8 +32,9 @@ classify_sequences groups them). Each event gets ``observationLevel`` =
 ``animal`` observation when any of its photos has an animal box of at least
 the threshold (``scientificName`` and ``classificationProbability`` from the
 event's combined classification, the classifier's top class; ``count`` the
-most animal boxes in one of its photos), one ``human`` (with count) and one
-``vehicle`` likewise, and one ``blank`` when none of its photos has a box.
+most animal boxes in one of its photos), one ``human`` (with count), one
+``vehicle`` and one ``unknown`` (a box of another detector category)
+likewise, and one ``blank`` when none of its photos has a box.
 ``eventStart``/``eventEnd`` are its first and last exported photo's times;
 its media-level observations carry its ``eventID``. An event's photos must
 all belong to one deployment.
@@ -727,6 +728,8 @@ def build_package(doc: Mapping[str, Any], times: Mapping[str, dt.datetime | None
                                  'observationType': 'blank', 'classifiedBy': detector})
         exported[same_file(file)] = _Exported(stamp, dep.deployment_id, per_type)
     for event in events or ():
+        if not any(same_file(f) in exported for f in event.files):
+            continue                        # none of its photos is in the package
         label = None
         if event.category is not None:
             label = cls_cats.get(event.category)
@@ -766,7 +769,9 @@ def build_package(doc: Mapping[str, Any], times: Mapping[str, dt.datetime | None
                          'deploymentStart': format_time(start),
                          'deploymentEnd': format_time(end), 'cameraID': dep.camera_id,
                          'cameraModel': dep.camera_model})
-    descriptor = package_descriptor(dep_rows, media, taxa, settings)
+    levels = [lv for lv in ('media', 'event')
+              if any(r['observationLevel'] == lv for r in observations)]
+    descriptor = package_descriptor(dep_rows, media, taxa, settings, levels)
     return Package(descriptor, {'deployments': dep_rows, 'media': media,
                                 'observations': observations}, failures)
 
@@ -783,9 +788,11 @@ def _spatial(dep_rows: Sequence[Mapping[str, str]]) -> dict[str, Any]:
 
 def package_descriptor(dep_rows: Sequence[Mapping[str, str]],
                        media: Sequence[Mapping[str, str]], taxa: Mapping[str, Taxon],
-                       settings: ExportSettings) -> dict[str, Any]:
+                       settings: ExportSettings, levels: Sequence[str] = ('media',)
+                       ) -> dict[str, Any]:
     """datapackage.json: the Camtrap DP profile's required metadata and the three
-    resources, each pointing at its table schema."""
+    resources, each pointing at its table schema; ``levels``: the observation
+    levels the package holds."""
     created = settings.created or dt.datetime.now(dt.timezone.utc)
     starts = sorted(r['deploymentStart'] for r in dep_rows)
     ends = sorted(r['deploymentEnd'] for r in dep_rows)
@@ -811,7 +818,7 @@ def package_descriptor(dep_rows: Sequence[Mapping[str, str]],
                     'samplingDesign': settings.sampling_design.value,
                     'captureMethod': [settings.capture_method.value],
                     'individualAnimals': False,
-                    'observationLevel': ['media']},
+                    'observationLevel': list(levels)},
         'spatial': _spatial(dep_rows),
         'temporal': {'start': dates[0].isoformat(), 'end': dates[-1].isoformat()},
         'taxonomic': taxonomic,

@@ -23,12 +23,15 @@ folder OUTPUT_DIR:
 Event-level observations (--events): photos are grouped into sequences as
 classify_sequences groups them (--coco: each image's seq_id; otherwise per
 camera folder, a new sequence after a gap of more than --max-gap-seconds,
-default 60, between EXIF times). Each sequence is an event: one 'animal'
+default 60, between EXIF times); the event ids are classify_sequences' seq_id
+values for the same photos and settings. Each sequence is an event, over its
+photos that the package holds: one 'animal'
 observation when any of its photos has an animal box (scientificName and
 classificationProbability from the conf-weighted mean of its animal
 detections' classifications, the classifier's top class; count: the most
-animal boxes in one photo), one 'human' and one 'vehicle' likewise, one
-'blank' when none of its photos has a box; the media-level observations carry
+animal boxes in one photo), one 'human', one 'vehicle' and one 'unknown' (a
+box of another detector category) likewise, one 'blank' when none of its photos
+has a box; the media-level observations carry
 its eventID. Ecologists count events, not photos.
 
 Camtrap DP reads a relative filePath as a path inside the package folder:
@@ -54,6 +57,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
@@ -61,7 +65,7 @@ from pathlib import Path
 from typing import Any
 
 from classification import camtrap_dp, photo_times, sequences, utils
-from detection.detector_output import category_kind, read_document
+from detection.detector_output import category_kind, read_document, same_file
 
 logger = logging.getLogger(__name__)
 
@@ -150,19 +154,37 @@ def events_of(doc: dict[str, Any], exported: list[dict[str, Any]],
               times: Mapping[str, dt.datetime | None], threshold: float,
               coco: str | None, max_gap_seconds: float | None, source: str
               ) -> list[camtrap_dp.Event]:
-    """The exported photos grouped into sequences, each with its combined
-    classification (none when the JSON has no classifier categories)."""
-    files = [img['file'] for img in exported]
+    """Every photo of ``doc`` grouped into sequences exactly as classify_sequences
+    groups them (so the ids match its CSV), each then cut down to its exported
+    photos (``exported``) and given their combined classification (none when the
+    JSON has no classifier categories). Sequences with no exported photo are
+    left out."""
+    files = [img['file'] for img in doc['images']]
     if coco is not None:
         grouping = sequences.sequences_from_coco(utils.read_json(coco), files, coco)
+        for seq in grouping.sequences:
+            if not seq.seq_id.strip() or seq.seq_id != seq.seq_id.strip() or any(
+                    ord(c) < 32 for c in seq.seq_id):
+                raise utils.InputError(f'{coco}: seq_id {seq.seq_id[:40]!r} is empty or has '
+                                       'spaces around it or control characters')
     else:
         gap = DEFAULT_MAX_GAP_SECONDS if max_gap_seconds is None else max_gap_seconds
         grouping = sequences.sequences_from_times({f: times.get(f) for f in files}, gap)
+    kept = {same_file(img['file']) for img in exported}
+    cut = []
+    for seq in grouping.sequences:
+        pairs = [(f, t) for f, t in zip(seq.files, seq.times, strict=True)
+                 if same_file(f) in kept]
+        if pairs:
+            cut.append(dataclasses.replace(seq, files=tuple(f for f, _ in pairs),
+                                           times=tuple(t for _, t in pairs)))
+    grouping = sequences.Grouping(tuple(cut))
     cats = doc.get('classification_categories') or {}
     if not any(category_kind(str(k)) == 'classifier' for k in cats):
         return [camtrap_dp.Event(seq.seq_id, seq.files) for seq in grouping.sequences]
-    order = sequences.category_order(doc, source)
-    results = sequences.combine({**doc, 'images': exported}, grouping, threshold, source)
+    order = sequences.category_order(doc, source, csv_columns=False)
+    results = sequences.combine({**doc, 'images': exported}, grouping, threshold, source,
+                                csv_columns=False)
     events = []
     for r in results:
         top = r.top()

@@ -233,7 +233,8 @@ def sequences_from_times(times: Mapping[str, dt.datetime | None], max_gap_second
     return Grouping(_ordered(out), singletons=singletons)
 
 
-def category_order(doc: Mapping[str, Any], source: str) -> list[tuple[str, str]]:
+def category_order(doc: Mapping[str, Any], source: str, csv_columns: bool = True
+                   ) -> list[tuple[str, str]]:
     """The classifier's ``classification_categories`` (ids below 1000000) as
     (id, name) pairs in id order (numeric ids by value). Raises InputError for a
     document without them, or merged with ``--relative-conf``."""
@@ -255,7 +256,7 @@ def category_order(doc: Mapping[str, Any], source: str) -> list[tuple[str, str]]
                          'only true labels or taxa: nothing to combine')
     names = list(own.values())
     clash = sorted({n for n in names if names.count(n) > 1} | (set(names) & set(CSV_COLUMNS)))
-    if clash:
+    if clash and csv_columns:       # the names become columns of the sequence CSV
         raise InputError(f'{source}: classification category name {clash[0]!r} is used twice '
                          'or names a column of the sequence CSV; rename it')
     return sorted(own.items(),
@@ -298,13 +299,14 @@ def combined_detections(img: Mapping[str, Any], animals: set[str], threshold: fl
             and 'classifications' in d]
 
 
-def combine(doc: Mapping[str, Any], grouping: Grouping, threshold: float, source: str
-            ) -> list[SequenceResult]:
+def combine(doc: Mapping[str, Any], grouping: Grouping, threshold: float, source: str,
+            csv_columns: bool = True) -> list[SequenceResult]:
     """Each sequence's mean classification (see the module docstring), in the
-    order of ``grouping``. ``doc`` is a checked detections document with
-    classifications; every photo of ``grouping`` must be one of its images.
-    Raises InputError for a malformed classification, naming photo and box."""
-    cats = category_order(doc, source)
+    order of ``grouping`` (over ``category_order(doc, source, csv_columns)``).
+    ``doc`` is a checked detections document with classifications; every photo of
+    ``grouping`` must be one of its images. Raises InputError for a malformed
+    classification, naming photo and box."""
+    cats = category_order(doc, source, csv_columns)
     index = {k: i for i, (k, _) in enumerate(cats)}
     others = _other_categories(doc)
     animals = animal_category_ids(doc)

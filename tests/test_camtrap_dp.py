@@ -561,6 +561,32 @@ def test_event_grouping_follows_the_gap_and_the_coco_sequences(event_inputs, tmp
     assert package_errors(out) == []
 
 
+def test_a_photo_left_out_does_not_split_its_burst(event_inputs, tmp_path):
+    """Events are classify_sequences' sequences (same ids), cut down to the photos
+    in the package: p2 failed at the detector, yet p1 and p3 stay one event."""
+    doc = json.loads(Path(event_inputs['json']).read_text())
+    doc['images'][1] = {'file': 'cam_x/p2.jpg', 'failure': 'image access failure'}
+    # category names that would clash in the sequence CSV are fine here
+    doc['classification_categories'] = {'0': 'deer', '1': 'photos'}
+    write(tmp_path, 'merged.json', doc)
+    # p1 -> p3 is 4 s, over the gap; p1 -> p2 -> p3 is 2 s steps
+    assert export_camtrap_dp.main(export_args(event_inputs, '--events',
+                                              '--max-gap-seconds', '3')) == 0
+    out = Path(event_inputs['out'])
+    events = _events(out)
+    assert sorted(events) == ['cam_x#0001', 'cam_x#0002', 'cam_x#0003', 'cam_y#0001']
+    fox = events['cam_x#0001']['animal']
+    assert (fox['eventStart'], fox['eventEnd'], fox['count']) == (
+        '2024-05-01T10:00:00+02:00', '2024-05-01T10:00:04+02:00', '1')
+    assert (fox['scientificName'], fox['classificationProbability']) == ('photos', '0.7')
+    desc = json.loads((out / 'datapackage.json').read_text())
+    assert desc['project']['observationLevel'] == ['media', 'event']
+    assert package_errors(out) == []
+    assert export_camtrap_dp.main(export_args(event_inputs)) == 0
+    assert json.loads((out / 'datapackage.json').read_text())['project'][
+        'observationLevel'] == ['media']
+
+
 def test_event_refusals(event_inputs, tmp_path, capsys):
     out = Path(event_inputs['out'])
     coco = {'images': [{'file_name': f, 'seq_id': 'one'} for f in EVENT_TIMES]}
@@ -568,6 +594,9 @@ def test_event_refusals(event_inputs, tmp_path, capsys):
         event_inputs, '--events', '--coco', write(tmp_path, 'coco.json', coco))) \
         .startswith('error: event one: its photos are in deployments dep-x and dep-y')
     assert not out.exists()
+    coco['images'] = [{'file_name': f, 'seq_id': ' '} for f in EVENT_TIMES]
+    assert "seq_id ' ' is empty" in _refusal(event_inputs, capsys, export_args(
+        event_inputs, '--events', '--coco', write(tmp_path, 'coco.json', coco)))
     for extra in (['--coco', 'x.json'], ['--max-gap-seconds', '5'],
                   ['--events', '--coco', 'x.json', '--max-gap-seconds', '5']):
         with pytest.raises(SystemExit) as e:
