@@ -230,10 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if matrix is not None:
                 utils.write_json(utils.label_index_dict(targets), out_dir / 'label_index.json')
             metrics.log_metrics(table)
-            if report_dir is not None and not multilabel:
+            if report_dir is not None:
                 reports.report_from_outputs(out_dir, report_dir, crops_dir,
                                             Path(dataset_dir) / 'classification_ds.csv',
-                                            list(results))
+                                            list(results), multilabel)
     finally:
         dist.close()
     return 0

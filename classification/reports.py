@@ -10,6 +10,18 @@ location (when the dataset CSV is at hand), the most confused label pairs with
 example crops, and, per true label, crops grouped by what they were predicted
 as. The folder is written as report_pages writes every report: to a temporary
 name, renamed into place, replacing only an older report.
+
+A multi-label run (``--multilabel``: one sigmoid per label, comma-separated true
+labels) gets the same folder with what fits it: a label counts as predicted at
+probability 0.5 or more; the summary gives the exact-match rate (predicted set =
+true set), the share of crops whose top label is one of theirs, micro and macro
+F1 and the mean average precision (mAP); per label: precision, recall, F1,
+counts and average precision (the area under its precision-recall curve), drawn
+as bars; a reliability diagram over every (crop, label) pair (mean probability
+against the share that are true); exact match per location; the most frequent
+false alarms (a true label, and another label predicted beside it) with
+examples; and, per label, crops it missed, crops it was wrongly given and crops
+it found.
 """
 from __future__ import annotations
 
@@ -55,7 +67,8 @@ def read_split(path: Path, labels: Sequence[str] | None = None) -> tuple[SplitRe
     unknown = sorted(set(df['label']) - set(index))
     if unknown:
         raise utils.InputError(f'{path}: labels {unknown[:5]} have no probability column '
-                               '(multi-label outputs have no single-label report yet)')
+                               '(outputs of a multi-label run need its report: '
+                               'multilabel=True)')
     name = path.name.removeprefix('outputs_').split('.')[0]
     probs = df[columns].to_numpy(dtype=np.float64)
     if not np.isfinite(probs).all():
@@ -68,8 +81,12 @@ def calibration(probs: np.ndarray, y_true: np.ndarray, bins: int = 10
                 ) -> tuple[pd.DataFrame, float]:
     """(per confidence bin: mean confidence, accuracy, crops; the expected
     calibration error, the crop-weighted mean gap between the two)."""
-    conf = probs.max(axis=1)
-    hit = (probs.argmax(axis=1) == y_true).astype(np.float64)
+    return _binned(probs.max(axis=1), (probs.argmax(axis=1) == y_true).astype(np.float64),
+                   bins)
+
+
+def _binned(conf: np.ndarray, hit: np.ndarray, bins: int) -> tuple[pd.DataFrame, float]:
+    """Reliability bins of confidences and whether each was right, and the ECE."""
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
     rows = []
@@ -86,7 +103,9 @@ def calibration(probs: np.ndarray, y_true: np.ndarray, bins: int = 10
     return table, ece
 
 
-def reliability_figure(table: pd.DataFrame, ece: float, title: str) -> Any:
+def reliability_figure(table: pd.DataFrame, ece: float, title: str,
+                       xlabel: str = 'confidence (top probability)',
+                       ylabel: str = 'accuracy') -> Any:
     import matplotlib
     matplotlib.use('Agg')
     from matplotlib.figure import Figure
@@ -94,12 +113,12 @@ def reliability_figure(table: pd.DataFrame, ece: float, title: str) -> Any:
     ax = fig.subplots()
     centers = (table['low'] + table['high']) / 2
     ax.bar(centers, table['accuracy'].fillna(0), width=0.1, edgecolor='black',
-           label='accuracy')
+           label=ylabel)
     ax.plot([0, 1], [0, 1], '--', color='grey', label='perfect calibration')
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel('confidence (top probability)')
-    ax.set_ylabel('accuracy')
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(f'{title} (ECE {ece:.3f})')
     ax.legend(loc='upper left')
     fig.tight_layout()
@@ -191,32 +210,43 @@ def split_section(split: SplitResult, labels: Sequence[str], folder: Path, thumb
     return '\n'.join(out)
 
 
-def write_report(report_dir: str | os.PathLike[str], splits: Sequence[SplitResult],
+def write_report(report_dir: str | os.PathLike[str],
+                 splits: Sequence[SplitResult] | Sequence[MultiLabelSplit],
                  labels: Sequence[str], crops_dir: str | os.PathLike[str] | None = None,
                  locations: pd.Series | None = None, title: str = 'Evaluation report'
                  ) -> Path:
     """Writes the report folder (see the module docstring); returns index.html."""
     def build(folder: Path) -> str:
         thumbs = report_pages.Thumbs(Path(crops_dir) if crops_dir else None, folder)
-        sections = [split_section(s, labels, folder, thumbs, locations) for s in splits]
+        sections = [multilabel_section(s, labels, folder, thumbs, locations)
+                    if isinstance(s, MultiLabelSplit)
+                    else split_section(s, labels, folder, thumbs, locations) for s in splits]
         nav = ' | '.join(f'<a href="#{html.escape(s.name)}">{html.escape(s.name)}</a>'
                          for s in splits)
-        return f'<p>{len(labels)} labels; splits: {nav}</p>' + '\n'.join(sections)
+        kind = ' (multi-label)' if splits and isinstance(splits[0], MultiLabelSplit) else ''
+        return f'<p>{len(labels)} labels{kind}; splits: {nav}</p>' + '\n'.join(sections)
     return report_pages.write_report_folder(report_dir, title, build, report_pages.EVALUATION)
 
 
 def report_from_outputs(eval_dir: str | os.PathLike[str], report_dir: str | os.PathLike[str],
                         crops_dir: str | os.PathLike[str] | None = None,
                         dataset_csv: str | os.PathLike[str] | None = None,
-                        splits: Sequence[str] = ('train', 'val', 'test')) -> Path | None:
+                        splits: Sequence[str] = ('train', 'val', 'test'),
+                        multilabel: bool = False) -> Path | None:
     """The report of the outputs_<split>.csv.gz files in ``eval_dir`` (None when
-    there are none); locations come from the dataset CSV when given."""
-    results, labels = [], None
+    there are none); locations come from the dataset CSV when given. With
+    ``multilabel`` the outputs are a multi-label run's (sigmoids, label lists)."""
+    results: list[Any] = []
+    labels = None
     for split in splits:
         path = Path(eval_dir) / f'outputs_{split}.csv.gz'
         if path.is_file():
-            res, labels = read_split(path, labels)
-            results.append(res)
+            if multilabel:
+                multi, labels = read_multilabel_split(path, labels)
+                results.append(multi)
+            else:
+                res, labels = read_split(path, labels)
+                results.append(res)
     if not results or labels is None:
         return None
     locations = None
@@ -227,3 +257,188 @@ def report_from_outputs(eval_dir: str | os.PathLike[str], report_dir: str | os.P
                                   index=ds['path'])
             locations = locations[~locations.index.duplicated()]
     return write_report(report_dir, results, labels, crops_dir, locations)
+
+
+# ---------------------------------------------------------------- multi-label runs
+
+THRESHOLD = 0.5     # a label is predicted at this sigmoid or more (as metrics.py counts)
+
+
+@dataclass(frozen=True)
+class MultiLabelSplit:
+    """One split of a multi-label run: true label sets (N x C) and sigmoids."""
+    name: str
+    paths: list[str]
+    y_true: np.ndarray      # bool
+    probs: np.ndarray
+
+    @property
+    def y_pred(self) -> np.ndarray:
+        return self.probs >= THRESHOLD
+
+
+def read_multilabel_split(path: Path, labels: Sequence[str] | None = None
+                          ) -> tuple[MultiLabelSplit, list[str]]:
+    """A multi-label run's outputs_<split>.csv.gz (labels comma-separated) as a
+    MultiLabelSplit, and its label columns."""
+    df = utils.read_csv(path, dtype={'path': str, 'label': str})
+    if 'path' not in df.columns or 'label' not in df.columns:
+        raise utils.InputError(f'{path}: needs "path" and "label" columns (an evaluate_model '
+                               'output)')
+    columns = [c for c in df.columns if c not in classifier_output.NOT_PROBABILITIES]
+    if labels is not None and columns != list(labels):
+        raise utils.InputError(f'{path}: its label columns differ from the other splits\'')
+    index = {name: i for i, name in enumerate(columns)}
+    y_true = np.zeros((len(df), len(columns)), dtype=bool)
+    for row, text in enumerate(df['label']):
+        names = [n.strip() for n in str(text).split(',')]
+        unknown = [n for n in names if n not in index]
+        if unknown:
+            raise utils.InputError(f'{path}: row {row + 2}: label {unknown[0]!r} has no '
+                                   'probability column')
+        y_true[row, [index[n] for n in names]] = True
+    probs = df[columns].to_numpy(dtype=np.float64)
+    if not (np.isfinite(probs).all() and ((probs >= 0) & (probs <= 1)).all()):
+        raise utils.InputError(f'{path}: probabilities must be numbers from 0 to 1')
+    name = path.name.removeprefix('outputs_').split('.')[0]
+    return MultiLabelSplit(name, df['path'].tolist(), y_true, probs), columns
+
+
+def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
+    """The area under the precision-recall curve of ``scores`` ranking the
+    ``positive`` items first: precision at each distinct score, weighted by the
+    recall it adds (NaN without positives)."""
+    positive = positive.astype(bool)
+    n_pos = int(positive.sum())
+    if n_pos == 0:
+        return float('nan')
+    order = np.argsort(-scores, kind='mergesort')
+    ranked, hits = scores[order], positive[order]
+    last = np.r_[np.flatnonzero(np.diff(ranked) != 0), len(ranked) - 1]
+    tp = np.cumsum(hits)[last]
+    precision = tp / (last + 1)
+    recall = tp / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def multilabel_stats(split: MultiLabelSplit, labels: Sequence[str]) -> pd.DataFrame:
+    """Per label: precision, recall and F1 at THRESHOLD, counts, average precision."""
+    _, stats = metrics.label_stats(split.y_true.astype(np.int64),
+                                   split.y_pred.astype(np.int64), labels, split.name)
+    stats['average_precision'] = [average_precision(split.probs[:, j], split.y_true[:, j])
+                                  for j in range(len(labels))]
+    return stats.drop(columns=['split'])
+
+
+def multilabel_summary(split: MultiLabelSplit, stats: pd.DataFrame) -> dict[str, float]:
+    """Exact match, top label among the true ones, micro/macro F1, mAP."""
+    yt, yp = split.y_true, split.y_pred
+    tp = float((yt & yp).sum())
+    both = float(yt.sum() + yp.sum())
+    top = split.probs.argmax(axis=1)
+    return {'exact_match': float((yt == yp).all(axis=1).mean()),
+            'top1_in_true': float(yt[np.arange(len(top)), top].mean()),
+            'micro_f1': 2 * tp / both if both else float('nan'),
+            'macro_f1': float(stats['f1'].mean()),       # labels with crops (NaN skipped)
+            'mAP': float(stats['average_precision'].mean())}
+
+
+def false_alarm_pairs(split: MultiLabelSplit, top: int = TOP_PAIRS
+                      ) -> list[tuple[int, int, int]]:
+    """(true label, label wrongly predicted beside it, crops), most frequent first."""
+    wrong = split.y_pred & ~split.y_true
+    counts = split.y_true.astype(np.int64).T @ wrong.astype(np.int64)
+    order = np.argsort(counts, axis=None, kind='stable')[::-1][:top]
+    return [(int(i), int(j), int(counts[i, j])) for i, j in
+            (np.unravel_index(k, counts.shape) for k in order) if counts[i, j] > 0]
+
+
+def label_scores_figure(stats: pd.DataFrame, title: str) -> Any:
+    """Horizontal bars of each label's average precision and F1 (readable at 50+
+    labels: the figure grows with them)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib.figure import Figure
+    n = len(stats)
+    fig = Figure(figsize=(7, max(3.0, 0.28 * n + 1.2)))
+    ax = fig.subplots()
+    y = np.arange(n)
+    ax.barh(y - 0.2, stats['average_precision'].fillna(0), height=0.4,
+            label='average precision')
+    ax.barh(y + 0.2, stats['f1'].fillna(0), height=0.4, label=f'F1 at {THRESHOLD:g}')
+    ax.set_yticks(y, [str(v) for v in stats['label']], fontsize=8 if n > 30 else 10)
+    ax.set_ylim(n - 0.5, -0.5)          # the first label on top, no empty margins
+    ax.set_xlim(0, 1)
+    ax.set_title(title)
+    ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.06 * 12 / max(n, 12)), ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def multilabel_section(split: MultiLabelSplit, labels: Sequence[str], folder: Path,
+                       thumbs: report_pages.Thumbs, locations: pd.Series | None) -> str:
+    """The HTML of one split of a multi-label run (see the module docstring)."""
+    n = len(split.paths)
+    name = html.escape(split.name)
+    out = [f'<h2 id="{name}">{name}: {n} crops</h2>']
+    if n == 0:
+        return out[0] + '<p>No crops.</p>'
+    stats = multilabel_stats(split, labels)
+    summary = multilabel_summary(split, stats)
+    table, ece = _binned(split.probs.ravel(), split.y_true.ravel().astype(np.float64), 10)
+    out.append(f'<p>a label is predicted at probability {THRESHOLD:g} or more; exact match '
+               f'<b>{summary["exact_match"]:.2%}</b>, top label among the true ones '
+               f'{summary["top1_in_true"]:.2%}, micro F1 {summary["micro_f1"]:.3f}, macro F1 '
+               f'{summary["macro_f1"]:.3f}, mAP {summary["mAP"]:.3f}, expected calibration '
+               f'error {ece:.3f} (over every crop and label)</p>')
+    out.append('<div class="figs">'
+               + report_pages.save_figure(
+                   label_scores_figure(stats, f'{split.name}: per label'), folder,
+                   f'label_scores_{split.name}.png', f'{split.name} per-label scores')
+               + report_pages.save_figure(
+                   reliability_figure(table, ece, f'{split.name}: reliability',
+                                      'probability of a label', 'share of them true'),
+                   folder, f'reliability_{split.name}.png', f'{split.name} reliability diagram')
+               + '</div>')
+    out.append('<h3>Per label</h3>' + stats.to_html(index=False, float_format='{:.3f}'.format,
+                                                      na_rep='', classes='stats'))
+    if locations is not None:
+        df = pd.DataFrame({'location': pd.Series(split.paths).map(locations).to_numpy(),
+                           'hit': (split.y_true == split.y_pred).all(axis=1)})
+        acc = df.dropna(subset=['location']).groupby('location')['hit'].agg(['mean', 'size'])
+        if len(acc):
+            acc = acc.rename(columns={'mean': 'exact_match', 'size': 'crops'})
+            out.append('<h3>Exact match per location</h3>' + acc.sort_values(
+                'exact_match').to_html(float_format='{:.3f}'.format, classes='stats'))
+    pairs = false_alarm_pairs(split)
+    if pairs:
+        rows = []
+        for i, j, count in pairs:
+            sel = np.flatnonzero(split.y_true[:, i] & split.y_pred[:, j] & ~split.y_true[:, j])
+            sel = sel[np.argsort(-split.probs[sel, j], kind='stable')][:EXAMPLES_PER_CELL]
+            rows.append(f'<tr><td>{html.escape(labels[i])}</td><td>{html.escape(labels[j])}'
+                        f'</td><td>{count}</td><td class="thumbs">' + _thumb_cell(
+                            thumbs, [split.paths[k] for k in sel], split.probs[sel],
+                            [j] * len(sel), labels) + '</td></tr>')
+        out.append('<h3>Most frequent false alarms</h3><table class="stats"><tr><th>true '
+                   'label</th><th>also predicted</th><th>crops</th><th>examples</th></tr>'
+                   + ''.join(rows) + '</table>')
+    grids = []
+    for j, label in enumerate(labels):
+        truth, pred = split.y_true[:, j], split.y_pred[:, j]
+        cells = []
+        for what, sel in (('missed', truth & ~pred), ('wrongly given', ~truth & pred),
+                          ('found', truth & pred)):
+            idx = np.flatnonzero(sel)
+            if not len(idx):
+                continue
+            shown = idx[np.argsort(-split.probs[idx, j] if what != 'missed'
+                                   else split.probs[idx, j], kind='stable')][:EXAMPLES_PER_CELL]
+            cells.append(f'<div class="cell"><p>{what} ({len(idx)})</p>' + _thumb_cell(
+                thumbs, [split.paths[k] for k in shown], split.probs[shown],
+                [j] * len(shown), labels) + '</div>')
+        if cells:
+            grids.append(f'<details><summary>{html.escape(label)} ({int(truth.sum())} crops '
+                         'with it)</summary>' + ''.join(cells) + '</details>')
+    out.append('<h3>Crops of each label: missed, wrongly given, found</h3>' + ''.join(grids))
+    return '\n'.join(out)

@@ -664,11 +664,11 @@ class Trainer:
         compiled = model_files.export_torchscript(models.plain_forward(self.model), info,
                                                   model_files.compiled_path(best_ckpt))
         logger.info('best epoch %d; TorchScript model: %s', best, compiled)
-        if not self.config.multilabel:
-            from classification import reports
-            reports.report_from_outputs(
-                self.run_dir, self.run_dir / 'report', self.config.cropped_images_dir,
-                Path(self.config.dataset_dir) / 'classification_ds.csv', list(results))
+        from classification import reports
+        reports.report_from_outputs(
+            self.run_dir, self.run_dir / 'report', self.config.cropped_images_dir,
+            Path(self.config.dataset_dir) / 'classification_ds.csv', list(results),
+            self.config.multilabel)
         return table
 
 

@@ -28,6 +28,71 @@ def test_expected_calibration_error():
     assert table['crops'].sum() == 20000 and (table['accuracy'].fillna(0) == 0).all()
 
 
+# ---------------------------------------------------------------- multi-label runs
+
+@pytest.mark.parametrize('seed', range(5))
+def test_average_precision_agrees_with_scikit_learn(seed):
+    from sklearn.metrics import average_precision_score
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 8, 300) / 8             # many ties
+    positive = rng.uniform(size=300) < 0.3
+    assert reports.average_precision(scores, positive) == pytest.approx(
+        average_precision_score(positive, scores), abs=1e-12)
+    assert reports.average_precision(np.array([0.9, 0.8, 0.1]),
+                                     np.array([True, False, True])) == pytest.approx(
+        (1 + 2 / 3) / 2)
+    assert np.isnan(reports.average_precision(scores, np.zeros(300, dtype=bool)))
+
+
+def _multi_split() -> reports.MultiLabelSplit:
+    # labels a, b, c; crop 0 {a,b} predicted {a}; crop 1 {a} predicted {a,c};
+    # crop 2 {c} predicted {c}; crop 3 {b} predicted {a,c}
+    y = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 1], [0, 1, 0]], dtype=bool)
+    p = np.array([[0.9, 0.4, 0.1], [0.8, 0.2, 0.6], [0.1, 0.3, 0.7], [0.55, 0.45, 0.5]])
+    return reports.MultiLabelSplit('val', ['c0.jpg', 'c1.jpg', 'c2.jpg', 'c3.jpg'], y, p)
+
+
+def test_multilabel_figures_by_hand():
+    split = _multi_split()
+    stats = reports.multilabel_stats(split, ['a', 'b', 'c']).set_index('label')
+    assert stats.loc['a', ['precision', 'recall', 'count', 'predicted']].tolist() == [
+        2 / 3, 1.0, 2, 3]
+    assert stats.loc['b', 'recall'] == 0 and stats.loc['b', 'predicted'] == 0
+    # c is predicted for crops 1, 2 and 3 (0.5 counts), true for crop 2 only
+    assert stats.loc['c', 'f1'] == pytest.approx(2 * (1 / 3) * 1 / (1 / 3 + 1))
+    # b scores: crop 3 0.45, crop 0 0.4, crop 2 0.3, crop 1 0.2; the two true crops
+    # come first, so precision is 1 at each
+    assert stats.loc['b', 'average_precision'] == pytest.approx(1.0)
+    summary = reports.multilabel_summary(split, stats.reset_index())
+    assert summary['exact_match'] == pytest.approx(1 / 4)      # only crop 2
+    assert summary['top1_in_true'] == pytest.approx(3 / 4)     # crop 3's top (a) is wrong
+    assert summary['micro_f1'] == pytest.approx(2 * 3 / (5 + 6))
+    # false alarms: a true & c predicted (crop 1), b true & a predicted (crop 3),
+    # b true & c predicted (crop 3)
+    assert sorted(reports.false_alarm_pairs(split)) == [(0, 2, 1), (1, 0, 1), (1, 2, 1)]
+
+
+def test_multilabel_outputs_are_read_and_checked(tmp_path):
+    df = pd.DataFrame({'path': ['x.jpg', 'y.jpg'], 'label': ['a,b', 'c'], 'weight': [1, 1],
+                       'a': [0.9, 0.1], 'b': [0.6, 0.2], 'c': [0.1, 0.8]})
+    df.to_csv(tmp_path / 'outputs_val.csv.gz', index=False)
+    split, labels = reports.read_multilabel_split(tmp_path / 'outputs_val.csv.gz')
+    assert labels == ['a', 'b', 'c'] and split.y_true.tolist() == [[True, True, False],
+                                                                   [False, False, True]]
+    with pytest.raises(reports.utils.InputError, match='multi-label run'):
+        reports.report_from_outputs(tmp_path, tmp_path / 'r', splits=['val'])
+    df.loc[1, 'label'] = 'c,zebra'
+    df.to_csv(tmp_path / 'outputs_val.csv.gz', index=False)
+    with pytest.raises(reports.utils.InputError, match="row 3: label 'zebra'"):
+        reports.report_from_outputs(tmp_path, tmp_path / 'r', splits=['val'], multilabel=True)
+    df.loc[1, 'label'] = 'c'
+    df.loc[1, 'b'] = 1.5
+    df.to_csv(tmp_path / 'outputs_val.csv.gz', index=False)
+    with pytest.raises(reports.utils.InputError, match='from 0 to 1'):
+        reports.report_from_outputs(tmp_path, tmp_path / 'r', splits=['val'], multilabel=True)
+    assert not (tmp_path / 'r').exists()
+
+
 def test_training_writes_the_report(trained_run):
     report = trained_run / 'report'
     page = (report / 'index.html').read_text()

@@ -364,6 +364,17 @@ def test_multilabel_training_outputs(multilabel_run):
     top = [labels[i] for i in probs.argmax(axis=1)]
     hit = np.mean([t in s for t, s in zip(top, true_sets, strict=True)])
     assert table.loc['val', 'acc_top1'] == pytest.approx(100 * hit)
+    # the multi-label evaluation report, opened in a real browser
+    from tests.browser import CHROMIUM, DRIVER, assert_renders
+    page = (run / 'report' / 'index.html').read_text()
+    assert 'multi-label' in page and 'exact match' in page and 'mAP' in page
+    for split in ('train', 'val', 'test'):
+        for kind in ('label_scores', 'reliability'):
+            assert (run / 'report' / f'{kind}_{split}.png').stat().st_size > 5000
+    assert 'Most frequent false alarms' in page and 'wrongly given' in page
+    assert list((run / 'report' / 'thumbs').glob('*.jpg'))
+    if CHROMIUM and DRIVER:
+        assert_renders(run / 'report' / 'index.html', min_images=6)
 
 
 def test_multilabel_torchscript_run_classifier_and_evaluate(multilabel_run, trained_run,
