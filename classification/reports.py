@@ -14,8 +14,9 @@ name, renamed into place, replacing only an older report.
 A multi-label run (``--multilabel``: one sigmoid per label, comma-separated true
 labels) gets the same folder with what fits it: a label counts as predicted at
 probability 0.5 or more; the summary gives the exact-match rate (predicted set =
-true set), the share of crops whose top label is one of theirs, micro and macro
-F1 and the mean average precision (mAP); per label: precision, recall, F1,
+true set), the share of crops whose top label is one of theirs, micro F1, and
+macro F1 and the mean average precision (mAP) over the labels with true crops in
+the split; per label: precision, recall, F1,
 counts and average precision (the area under its precision-recall curve), drawn
 as bars; a reliability diagram over every (crop, label) pair (mean probability
 against the share that are true); exact match per location; the most frequent
@@ -38,6 +39,7 @@ import pandas as pd
 from classification import classifier_output, metrics, report_pages, utils
 
 EXAMPLES_PER_CELL = 6
+TOLERANCE = 1e-5        # of probabilities just outside 0..1
 TOP_PAIRS = 10
 
 
@@ -53,9 +55,10 @@ class SplitResult:
     y_pred: np.ndarray
 
 
-def read_split(path: Path, labels: Sequence[str] | None = None) -> tuple[SplitResult,
-                                                                        list[str]]:
-    """An outputs_<split>.csv.gz file as a SplitResult, and its label columns."""
+def _read_outputs(path: Path, labels: Sequence[str] | None) -> tuple[pd.DataFrame, list[str],
+                                                                     np.ndarray]:
+    """An evaluate_model outputs file checked cell by cell: (the table, its label
+    columns, its probabilities as an N x C array of numbers from 0 to 1)."""
     df = utils.read_csv(path, dtype={'path': str, 'label': str})
     if 'path' not in df.columns or 'label' not in df.columns:
         raise utils.InputError(f'{path}: needs "path" and "label" columns (an evaluate_model '
@@ -63,6 +66,23 @@ def read_split(path: Path, labels: Sequence[str] | None = None) -> tuple[SplitRe
     columns = [c for c in df.columns if c not in classifier_output.NOT_PROBABILITIES]
     if labels is not None and columns != list(labels):
         raise utils.InputError(f'{path}: its label columns differ from the other splits\'')
+    for column in ('path', 'label'):
+        empty = np.flatnonzero(df[column].isna().to_numpy())
+        if len(empty):
+            raise utils.InputError(f'{path}: row {empty[0] + 2}: empty "{column}"')
+    probs = df[columns].apply(pd.to_numeric, errors='coerce').to_numpy(dtype=np.float64)
+    good = np.isfinite(probs) & (probs >= -TOLERANCE) & (probs <= 1 + TOLERANCE)
+    if not good.all():      # float32 outputs may round a hair past 0 or 1
+        bad = int(np.flatnonzero(~good.all(axis=1))[0])
+        raise utils.InputError(f'{path}: row {bad + 2}: probabilities must be numbers from '
+                               '0 to 1')
+    return df, columns, probs
+
+
+def read_split(path: Path, labels: Sequence[str] | None = None) -> tuple[SplitResult,
+                                                                        list[str]]:
+    """An outputs_<split>.csv.gz file as a SplitResult, and its label columns."""
+    df, columns, probs = _read_outputs(path, labels)
     index = {name: i for i, name in enumerate(columns)}
     unknown = sorted(set(df['label']) - set(index))
     if unknown:
@@ -70,9 +90,6 @@ def read_split(path: Path, labels: Sequence[str] | None = None) -> tuple[SplitRe
                                '(outputs of a multi-label run need its report: '
                                'multilabel=True)')
     name = path.name.removeprefix('outputs_').split('.')[0]
-    probs = df[columns].to_numpy(dtype=np.float64)
-    if not np.isfinite(probs).all():
-        raise utils.InputError(f'{path}: probabilities must be numbers')
     return SplitResult(name, df['path'].tolist(), df['label'].map(index).to_numpy(),
                        probs, probs.argmax(axis=1)), columns
 
@@ -279,27 +296,19 @@ class MultiLabelSplit:
 
 def read_multilabel_split(path: Path, labels: Sequence[str] | None = None
                           ) -> tuple[MultiLabelSplit, list[str]]:
-    """A multi-label run's outputs_<split>.csv.gz (labels comma-separated) as a
-    MultiLabelSplit, and its label columns."""
-    df = utils.read_csv(path, dtype={'path': str, 'label': str})
-    if 'path' not in df.columns or 'label' not in df.columns:
-        raise utils.InputError(f'{path}: needs "path" and "label" columns (an evaluate_model '
-                               'output)')
-    columns = [c for c in df.columns if c not in classifier_output.NOT_PROBABILITIES]
-    if labels is not None and columns != list(labels):
-        raise utils.InputError(f'{path}: its label columns differ from the other splits\'')
+    """A multi-label run's outputs_<split>.csv.gz (labels comma-separated, split
+    as the training data's are: no spaces trimmed) as a MultiLabelSplit, and its
+    label columns."""
+    df, columns, probs = _read_outputs(path, labels)
     index = {name: i for i, name in enumerate(columns)}
     y_true = np.zeros((len(df), len(columns)), dtype=bool)
     for row, text in enumerate(df['label']):
-        names = [n.strip() for n in str(text).split(',')]
+        names = str(text).split(',')
         unknown = [n for n in names if n not in index]
         if unknown:
             raise utils.InputError(f'{path}: row {row + 2}: label {unknown[0]!r} has no '
                                    'probability column')
         y_true[row, [index[n] for n in names]] = True
-    probs = df[columns].to_numpy(dtype=np.float64)
-    if not (np.isfinite(probs).all() and ((probs >= 0) & (probs <= 1)).all()):
-        raise utils.InputError(f'{path}: probabilities must be numbers from 0 to 1')
     name = path.name.removeprefix('outputs_').split('.')[0]
     return MultiLabelSplit(name, df['path'].tolist(), y_true, probs), columns
 
@@ -331,7 +340,9 @@ def multilabel_stats(split: MultiLabelSplit, labels: Sequence[str]) -> pd.DataFr
 
 
 def multilabel_summary(split: MultiLabelSplit, stats: pd.DataFrame) -> dict[str, float]:
-    """Exact match, top label among the true ones, micro/macro F1, mAP."""
+    """Exact match, top label among the true ones, micro F1, and macro F1 and mAP
+    over the labels that have true crops in the split (a label only ever given
+    wrongly counts in micro F1, not in these two means)."""
     yt, yp = split.y_true, split.y_pred
     tp = float((yt & yp).sum())
     both = float(yt.sum() + yp.sum())
@@ -339,7 +350,8 @@ def multilabel_summary(split: MultiLabelSplit, stats: pd.DataFrame) -> dict[str,
     return {'exact_match': float((yt == yp).all(axis=1).mean()),
             'top1_in_true': float(yt[np.arange(len(top)), top].mean()),
             'micro_f1': 2 * tp / both if both else float('nan'),
-            'macro_f1': float(stats['f1'].mean()),       # labels with crops (NaN skipped)
+            # over the labels with true crops in the split (the others' F1 and AP are NaN)
+            'macro_f1': float(stats['f1'].mean()),
             'mAP': float(stats['average_precision'].mean())}
 
 
@@ -366,7 +378,8 @@ def label_scores_figure(stats: pd.DataFrame, title: str) -> Any:
     ax.barh(y - 0.2, stats['average_precision'].fillna(0), height=0.4,
             label='average precision')
     ax.barh(y + 0.2, stats['f1'].fillna(0), height=0.4, label=f'F1 at {THRESHOLD:g}')
-    ax.set_yticks(y, [str(v) for v in stats['label']], fontsize=8 if n > 30 else 10)
+    ax.set_yticks(y, [utils.figure_text(str(v), 40) for v in stats['label']],
+                  fontsize=8 if n > 30 else 10)
     ax.set_ylim(n - 0.5, -0.5)          # the first label on top, no empty margins
     ax.set_xlim(0, 1)
     ax.set_title(title)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -85,12 +86,28 @@ def test_multilabel_outputs_are_read_and_checked(tmp_path):
     df.to_csv(tmp_path / 'outputs_val.csv.gz', index=False)
     with pytest.raises(reports.utils.InputError, match="row 3: label 'zebra'"):
         reports.report_from_outputs(tmp_path, tmp_path / 'r', splits=['val'], multilabel=True)
-    df.loc[1, 'label'] = 'c'
-    df.loc[1, 'b'] = 1.5
-    df.to_csv(tmp_path / 'outputs_val.csv.gz', index=False)
-    with pytest.raises(reports.utils.InputError, match='from 0 to 1'):
-        reports.report_from_outputs(tmp_path, tmp_path / 'r', splits=['val'], multilabel=True)
+    for column, value, says in [('b', 1.5, 'row 3: probabilities must be numbers from 0 to 1'),
+                                ('b', 'NA', 'row 3: probabilities must be numbers'),
+                                ('label', '', 'row 3: empty "label"'),
+                                ('path', '', 'row 3: empty "path"'),
+                                # split as the training data's labels are: ' b' is no label
+                                ('label', 'a, b', "row 3: label ' b' has no probability")]:
+        bad = df.astype(object).copy()
+        bad.loc[1, 'label'] = 'c'
+        bad.loc[1, column] = value
+        bad.to_csv(tmp_path / 'outputs_val.csv.gz', index=False)
+        for multilabel in (True, False) if value != 'a, b' else (True,):
+            with pytest.raises(reports.utils.InputError, match=re.escape(says)):
+                reports.report_from_outputs(tmp_path, tmp_path / 'r', splits=['val'],
+                                            multilabel=multilabel)
     assert not (tmp_path / 'r').exists()
+    # label names that matplotlib would read as mathtext are drawn as they are
+    odd = df.rename(columns={'a': '$x^$', 'b': 'b<&>'})
+    odd['label'] = ['$x^$,b<&>', 'c']
+    odd.to_csv(tmp_path / 'outputs_val.csv.gz', index=False)
+    page = reports.report_from_outputs(tmp_path, tmp_path / 'r', splits=['val'],
+                                       multilabel=True)
+    assert page is not None and 'b&lt;&amp;&gt;' in page.read_text()
 
 
 def test_training_writes_the_report(trained_run):
