@@ -28,6 +28,7 @@ from classification import csv_to_json
 from classification.analyze_failed_images import failed_images, read_log
 from classification.classifier_output import read_outputs
 from classification.crop_data import SPLITS, read_splits
+from classification.reports import MultiLabelSplit, read_multilabel_split, read_split
 from classification.taxonomy import (
     TAXONOMY_CSV_COLUMNS,
     LabelSpec,
@@ -217,6 +218,29 @@ def _read_outputs(path):               # aggregate_classifier_probs
     return read_outputs([path], dtype={'path': str})
 
 
+def _read_eval_split(path):            # the evaluation report (single-label)
+    return read_split(Path(path))
+
+
+def _read_eval_multilabel(path):       # the evaluation report (multi-label)
+    return read_multilabel_split(Path(path))
+
+
+def _check_eval_split(value, path=None):
+    split, labels = value
+    assert isinstance(labels, list) and labels and len(set(labels)) == len(labels)
+    n = len(split.paths)
+    assert split.probs.shape == (n, len(labels)) and np.isfinite(split.probs).all()
+    assert ((split.probs >= -1e-5) & (split.probs <= 1 + 1e-5)).all()
+    assert all(isinstance(p, str) for p in split.paths)
+    if isinstance(split, MultiLabelSplit):
+        assert split.y_true.shape == (n, len(labels)) and split.y_true.dtype == bool
+        assert split.y_true.any(axis=1).all(), 'a crop without a true label passed'
+    else:
+        assert split.y_true.shape == (n,) and ((split.y_true >= 0) &
+                                               (split.y_true < len(labels))).all()
+
+
 def _read_outputs_labelled(path):      # merge_classification_detection_output
     return read_outputs([path], dtype={'path': str, 'label': str})
 
@@ -251,6 +275,9 @@ READERS = {
     'label_index_json': ('label_index.json', load_label_index, _check_label_index),
     'failure_log_json': ('crop_detections_log_20260101_120000.json', _read_failure_log,
                          _check_failed_images),
+    'evaluation_outputs_csv': ('outputs_val.csv', _read_eval_split, _check_eval_split),
+    'evaluation_outputs_multilabel_csv': ('outputs_val.csv', _read_eval_multilabel,
+                                          _check_eval_split),
 }
 
 
@@ -515,6 +542,19 @@ def test_classifier_output_read_outputs(text, labelled):
     call it): InputError, or every probability column finite and in [0, 1]."""
     _read_file(text.encode('utf-8'), 'classifier_output.csv',
                _read_outputs_labelled if labelled else _read_outputs, _check_outputs)
+
+
+@FAST
+@given(text=classifier_csv(), multilabel=st.booleans())
+@example(text='path,label,deer\na.jpg,deer,NA\n', multilabel=False)
+@example(text='path,label,deer,elk\na.jpg,"deer,elk",0.5,0.5\nb.jpg,,0.5,0.5\n', multilabel=True)
+@example(text='path,label,deer,elk\na.jpg,"deer, elk",0.5,0.5\n', multilabel=True)
+@example(text='path,label,deer\n,deer,0.5\n', multilabel=False)
+def test_evaluation_outputs_for_the_report(text, multilabel):
+    """The evaluation report's readers of outputs_<split>.csv(.gz): InputError, or
+    crops with true labels among the columns and probabilities from 0 to 1."""
+    _read_file(text.encode('utf-8'), 'outputs_val.csv',
+               _read_eval_multilabel if multilabel else _read_eval_split, _check_eval_split)
 
 
 # ---------------------------------------------------------------- 3. label specifications
