@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import html
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,6 +166,23 @@ def _thumb_cell(thumbs: report_pages.Thumbs, crops: Sequence[str], probs: np.nda
                    for crop, p, j in zip(crops, probs, pred, strict=True))
 
 
+def _pairs_table(title: str, heads: tuple[str, str], pairs: Sequence[tuple[int, int, int]],
+                 crops_of: Callable[[int, int], np.ndarray], paths: Sequence[str],
+                 probs: np.ndarray, labels: Sequence[str], thumbs: report_pages.Thumbs) -> str:
+    """A table of label pairs (i, j, crops) with example crops (``crops_of(i, j)``,
+    the most probable for j first)."""
+    rows = []
+    for i, j, count in pairs:
+        sel = crops_of(i, j)
+        sel = sel[np.argsort(-probs[sel, j], kind='stable')][:EXAMPLES_PER_CELL]
+        rows.append(f'<tr><td>{html.escape(labels[i])}</td><td>{html.escape(labels[j])}'
+                    f'</td><td>{count}</td><td class="thumbs">' + _thumb_cell(
+                        thumbs, [paths[k] for k in sel], probs[sel], [j] * len(sel),
+                        labels) + '</td></tr>')
+    return (f'<h3>{title}</h3><table class="stats"><tr><th>{heads[0]}</th><th>{heads[1]}'
+            '</th><th>crops</th><th>examples</th></tr>' + ''.join(rows) + '</table>')
+
+
 def split_section(split: SplitResult, labels: Sequence[str], folder: Path, thumbs: report_pages.Thumbs,
                   locations: pd.Series | None) -> str:
     """The HTML of one split, its figures written into ``folder``."""
@@ -198,17 +215,10 @@ def split_section(split: SplitResult, labels: Sequence[str], folder: Path, thumb
                 float_format='{:.3f}'.format, classes='stats'))
     pairs = confused_pairs(cm, labels)
     if pairs:
-        rows = []
-        for i, j, count in pairs:
-            sel = np.flatnonzero((split.y_true == i) & (split.y_pred == j))
-            sel = sel[np.argsort(-split.probs[sel, j])][:EXAMPLES_PER_CELL]
-            rows.append(f'<tr><td>{html.escape(labels[i])}</td><td>{html.escape(labels[j])}'
-                        f'</td><td>{count}</td><td class="thumbs">' + _thumb_cell(
-                            thumbs, [split.paths[k] for k in sel], split.probs[sel],
-                            [j] * len(sel), labels) + '</td></tr>')
-        out.append('<h3>Most confused pairs</h3><table class="stats"><tr><th>true</th>'
-                   '<th>predicted as</th><th>crops</th><th>examples</th></tr>'
-                   + ''.join(rows) + '</table>')
+        out.append(_pairs_table(
+            'Most confused pairs', ('true', 'predicted as'), pairs,
+            lambda i, j: np.flatnonzero((split.y_true == i) & (split.y_pred == j)),
+            split.paths, split.probs, labels, thumbs))
     grids = []
     for i, name in enumerate(labels):
         mine = np.flatnonzero(split.y_true == i)
@@ -425,17 +435,11 @@ def multilabel_section(split: MultiLabelSplit, labels: Sequence[str], folder: Pa
                 'exact_match').to_html(float_format='{:.3f}'.format, classes='stats'))
     pairs = false_alarm_pairs(split)
     if pairs:
-        rows = []
-        for i, j, count in pairs:
-            sel = np.flatnonzero(split.y_true[:, i] & split.y_pred[:, j] & ~split.y_true[:, j])
-            sel = sel[np.argsort(-split.probs[sel, j], kind='stable')][:EXAMPLES_PER_CELL]
-            rows.append(f'<tr><td>{html.escape(labels[i])}</td><td>{html.escape(labels[j])}'
-                        f'</td><td>{count}</td><td class="thumbs">' + _thumb_cell(
-                            thumbs, [split.paths[k] for k in sel], split.probs[sel],
-                            [j] * len(sel), labels) + '</td></tr>')
-        out.append('<h3>Most frequent false alarms</h3><table class="stats"><tr><th>true '
-                   'label</th><th>also predicted</th><th>crops</th><th>examples</th></tr>'
-                   + ''.join(rows) + '</table>')
+        out.append(_pairs_table(
+            'Most frequent false alarms', ('true label', 'also predicted'), pairs,
+            lambda i, j: np.flatnonzero(split.y_true[:, i] & split.y_pred[:, j]
+                                        & ~split.y_true[:, j]),
+            split.paths, split.probs, labels, thumbs))
     grids = []
     for j, label in enumerate(labels):
         truth, pred = split.y_true[:, j], split.y_pred[:, j]
