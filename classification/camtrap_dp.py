@@ -32,9 +32,9 @@ classify_sequences groups them). Each event gets ``observationLevel`` =
 ``animal`` observation when any of its photos has an animal box of at least
 the threshold (``scientificName`` and ``classificationProbability`` from the
 event's combined classification, the classifier's top class; ``count`` the
-most animal boxes in one of its photos), one ``human`` (with count), one
-``vehicle`` and one ``unknown`` (a box of another detector category)
-likewise, and one ``blank`` when none of its photos has a box.
+most animal boxes in one of its photos), one ``human`` (with such a count),
+one ``vehicle`` and one ``unknown`` (a box of another detector category;
+neither with a count), and one ``blank`` when none of its photos has a box.
 ``eventStart``/``eventEnd`` are its first and last exported photo's times;
 its media-level observations carry its ``eventID``. An event's photos must
 all belong to one deployment.

@@ -29,9 +29,9 @@ photos that the package holds: one 'animal'
 observation when any of its photos has an animal box (scientificName and
 classificationProbability from the conf-weighted mean of its animal
 detections' classifications, the classifier's top class; count: the most
-animal boxes in one photo), one 'human', one 'vehicle' and one 'unknown' (a
-box of another detector category) likewise, one 'blank' when none of its photos
-has a box; the media-level observations carry
+animal boxes in one photo), one 'human' (with such a count), one 'vehicle' and
+one 'unknown' (a box of another detector category; neither with a count), one
+'blank' when none of its photos has a box; the media-level observations carry
 its eventID. Ecologists count events, not photos.
 
 Camtrap DP reads a relative filePath as a path inside the package folder:
