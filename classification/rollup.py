@@ -451,6 +451,8 @@ def _photo_folders(photos: Sequence[str] | pd.Series) -> tuple[np.ndarray, Seque
     """Per photo, an index into the distinct ``<folder>/x`` paths (what
     photo_location reads), and those paths."""
     series = pd.Series(photos, dtype=str).reset_index(drop=True)
+    if series.empty:            # (str.rpartition of an empty Series has no columns)
+        return np.zeros(0, dtype=np.int64), []
     folders = series.str.replace('\\', '/', regex=False).str.rpartition('/')[0] + '/x'
     codes, uniques = pd.factorize(folders)
     return np.asarray(codes), list(uniques)
@@ -508,8 +510,8 @@ def apply_allow_list(probs: np.ndarray, photos: Sequence[str] | pd.Series,
     where = {loc: i for i, loc in enumerate(locs)}
     folder_row = np.array([where.get(photo_location(f, allow) or '', len(locs))
                            for f in uniques], dtype=np.int64)
-    row_mask = mask[folder_row[codes]] if len(probs) else mask[:0]
-    unmatched = int((folder_row[codes] == len(locs)).sum()) if len(probs) else 0
+    row_mask = mask[folder_row[codes]]
+    unmatched = int((folder_row[codes] == len(locs)).sum())
     probs *= row_mask
     total = probs.sum(axis=1, keepdims=True)
     emptied = int((total[:, 0] <= 0).sum())

@@ -286,6 +286,10 @@ def test_allow_list_zeroes_and_rescales():
         probs, ['x/1.jpg', 'y/z/2.jpg', 'w/3.jpg', 'y/z/4.jpg'], labels, allow)
     np.testing.assert_allclose(out, [[0, 0.6, 0.4], [1, 0, 0], [0.5, 0.3, 0.2], [0, 0, 0]])
     assert (unmatched, emptied) == (1, 1)
+    # no crops at all: nothing to filter (this raised KeyError)
+    out, unmatched, emptied = rollup.apply_allow_list(np.zeros((0, 3)), [], labels, allow)
+    assert out.shape == (0, 3) and (unmatched, emptied) == (0, 0)
+    assert rollup.unused_locations([], allow) == ['x', 'y/z']
 
 
 _names = st.text(string.ascii_letters + string.digits + '_-. ', min_size=1,
