@@ -68,7 +68,6 @@ import math
 import os
 import posixpath
 import re
-import shutil
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -77,7 +76,7 @@ from pathlib import Path
 from typing import Any
 
 from classification import utils
-from detection.detector_output import category_kind, same_file
+from detection.detector_output import category_kind, merged_with_relative_conf, same_file
 
 logger = logging.getLogger(__name__)
 
@@ -397,9 +396,7 @@ def check_document(doc: Mapping[str, Any], source: str = 'detections JSON') -> N
     """Refuses a Timelapse JSON whose confidences are not probabilities: one merged
     with --relative-conf (``info.classifier_metadata.relative_conf``), whose
     entries are the classes that beat the given label and by how much."""
-    info = doc.get('info')
-    meta = info.get('classifier_metadata') if isinstance(info, dict) else None
-    if isinstance(meta, dict) and meta.get('relative_conf') not in (None, False):
+    if merged_with_relative_conf(doc):
         raise utils.InputError(
             f'{source}: merged with --relative-conf (info.classifier_metadata.relative_conf): '
             'its classifications are the classes that beat the given label and by how '
@@ -515,10 +512,17 @@ def deployment_bounds(dep: Deployment, stamps: Sequence[dt.datetime]
     return start, end
 
 
-def photo_problem(img: Mapping[str, Any], times: Mapping[str, dt.datetime | None],
-                  deployments: Sequence[Deployment], tz: dt.tzinfo) -> str | None:
-    """Why a photo of the detections JSON is left out of a package (None: it is
-    exported)."""
+@dataclass(frozen=True)
+class _Placed:
+    """Where and when an exported photo was taken, and its media type."""
+    deployment: Deployment
+    stamp: dt.datetime          # aware: the camera clock at --utc-offset
+    mediatype: str
+
+
+def place_photo(img: Mapping[str, Any], times: Mapping[str, dt.datetime | None],
+                deployments: Sequence[Deployment], tz: dt.tzinfo) -> _Placed | str:
+    """A photo of the detections JSON placed for the package, or why it is left out."""
     file = img['file']
     if img.get('failure'):
         return f'detector failure: {img["failure"]}'
@@ -528,7 +532,8 @@ def photo_problem(img: Mapping[str, Any], times: Mapping[str, dt.datetime | None
     naive = times.get(file)
     if naive is None:
         return 'no photo time (file missing or unreadable, or no EXIF DateTimeOriginal/DateTime)'
-    if MEDIATYPES.get(posixpath.splitext(file)[1].lower()) is None:
+    mediatype = MEDIATYPES.get(posixpath.splitext(file)[1].lower())
+    if mediatype is None:
         return 'not a photo type Camtrap DP media are written for'
     stamp = naive.replace(tzinfo=tz)
     if (dep.start is not None and stamp < dep.start) or (
@@ -538,7 +543,7 @@ def photo_problem(img: Mapping[str, Any], times: Mapping[str, dt.datetime | None
                 f'{format_time(dep.start) if dep.start else "its first photo"} to '
                 f'{format_time(dep.end) if dep.end else "its last photo"} (check '
                 '--utc-offset, the camera clock and the deployments CSV)')
-    return None
+    return _Placed(dep, stamp, mediatype)
 
 
 def exported_images(doc: Mapping[str, Any], times: Mapping[str, dt.datetime | None],
@@ -547,7 +552,8 @@ def exported_images(doc: Mapping[str, Any], times: Mapping[str, dt.datetime | No
     """The images of ``doc`` that a package built from the same inputs exports
     (for grouping them into events first)."""
     tz = _tz(check_utc_offset(utc_offset))
-    return [img for img in doc['images'] if photo_problem(img, times, deployments, tz) is None]
+    return [img for img in doc['images']
+            if isinstance(place_photo(img, times, deployments, tz), _Placed)]
 
 
 def _blank_row(fields: Sequence[str]) -> dict[str, str]:
@@ -668,15 +674,11 @@ def build_package(doc: Mapping[str, Any], times: Mapping[str, dt.datetime | None
 
     for img in doc['images']:
         file = img['file']
-        problem = photo_problem(img, times, deployments, tz)
-        if problem is not None:
-            failures[file] = problem
+        placed = place_photo(img, times, deployments, tz)
+        if isinstance(placed, str):
+            failures[file] = placed
             continue
-        dep = deployment_of(file, deployments)
-        naive = times.get(file)
-        mediatype = MEDIATYPES.get(posixpath.splitext(file)[1].lower())
-        assert dep is not None and naive is not None and mediatype is not None
-        stamp = naive.replace(tzinfo=tz)
+        dep, stamp, mediatype = placed.deployment, placed.stamp, placed.mediatype
         when = format_time(stamp)
         mid = media_id(file)
         if mid in seen_ids:     # two paths hashing alike: keep the ids unique
@@ -870,15 +872,10 @@ def write_package(package: Package, output_dir: str | os.PathLike[str]) -> Path:
     """Writes the package into a temporary folder beside ``output_dir`` and renames
     it there (replacing an older package only), with the umask's modes."""
     target = check_output_dir(output_dir)
-    tmp = utils.new_temp_dir(target)
-    try:
+    with utils.atomic_dir(target) as tmp:
         for name in TABLES:
             (tmp / f'{name}.csv').write_text(table_text(package.tables[name],
                                                         TABLE_FIELDS[name]),
                                              encoding='utf-8', newline='')
         utils.write_json(package.descriptor, tmp / 'datapackage.json', indent=2)
-        utils.replace_dir(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target

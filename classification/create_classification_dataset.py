@@ -349,8 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    lambda: logger.info('crops per label and split:\n%s', summary)]
         if report_dir is not None:
             content = dataset_reports.summarize(
-                df, label_list(df), {s: [(d, loc) for d, loc in locs]
-                                     for s, locs in splits.items()})
+                df, None, {s: [(d, loc) for d, loc in locs] for s, locs in splits.items()})
             folder = report_dir
             # the report first: the part more likely to fail, before any file changes
             writes.insert(0, lambda: dataset_reports.write_dataset_report(

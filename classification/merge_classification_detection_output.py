@@ -83,6 +83,7 @@ from detection.detector_output import (
     FORMAT_VERSION,
     LABEL_ID_OFFSET,
     TAXON_ID_OFFSET,
+    category_kind,
     detector_name,
     load_cache,
     read_document,
@@ -250,15 +251,7 @@ def apply_taxonomy(probs_df: pd.DataFrame, images: pd.Series, label_names: Seque
     if not np.isfinite(probs).all():
         raise utils.InputError('classification CSV: probabilities must be numbers')
     if options.allow_list is not None:
-        probs, unmatched, emptied = rollup.apply_allow_list(probs, images, label_names,
-                                                            options.allow_list)
-        rollup.log_unused_locations(images, options.allow_list)
-        if unmatched:
-            logger.warning('allow-list: %d crop(s) of photos at no listed location, left '
-                           'unfiltered', unmatched)
-        if emptied:
-            logger.warning('allow-list: %d crop(s) had probability only for labels not '
-                           'allowed at their location; they get no classification', emptied)
+        probs = rollup.filter_by_allow_list(probs, images, label_names, options.allow_list)
         probs_df = probs_df.copy()
         probs_df[list(label_names)] = probs
     result = None
@@ -278,9 +271,9 @@ def _descriptions(categories: Mapping[str, str], lt: rollup.LabelTaxa) -> dict[s
     out = {}
     for key in categories:
         i = int(key)
-        if i >= TAXON_ID_OFFSET:
+        if category_kind(key) == 'taxon':
             out[key] = lt.taxa[i - TAXON_ID_OFFSET].description
-        else:
+        else:                   # a classifier label, or merge --label's copy of one
             out[key] = lt.label_description(i % LABEL_ID_OFFSET)
     return out
 

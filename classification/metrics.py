@@ -22,6 +22,8 @@ from classification import utils
 
 logger = logging.getLogger(__name__)
 
+MULTILABEL_THRESHOLD = 0.5     # a multi-label run predicts a label at this sigmoid or more
+
 METRIC_COLUMNS = ('loss', 'loss_weighted', 'acc_top1', 'acc_top3', 'acc_weighted_top1',
                   'acc_weighted_top3')
 
@@ -220,7 +222,8 @@ def write_evaluation(out_dir: Path, split_frames: dict[str, pd.DataFrame],
         utils.write_csv(out, out_dir / f'outputs_{split}.csv.gz')
         if multilabel:
             y_hot = multi_hot(sub['label_set'].tolist(), len(labels)).astype(np.int64)
-            cms[split], stats_split = label_stats(y_hot, (probs >= 0.5).astype(np.int64),
+            cms[split], stats_split = label_stats(y_hot, (probs >= MULTILABEL_THRESHOLD)
+                                                  .astype(np.int64),
                                                   labels, split)
         else:
             y_true = sub['label_idx'].to_numpy(dtype=np.int64)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import html
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -125,14 +124,9 @@ def write_report_folder(report_dir: str | os.PathLike[str], title: str,
     renamed onto ``report_dir`` (replacing an older report only) with the
     umask's modes. Returns the path of index.html."""
     target = check_report_dir(report_dir, kind)
-    tmp = utils.new_temp_dir(target)
-    try:
+    with utils.atomic_dir(target) as tmp:
         body = build(tmp)
         (tmp / 'index.html').write_text(page(title, body), encoding='utf-8')
         (tmp / REPORT_MARK).write_text(f'{kind}\n')
-        utils.replace_dir(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     logger.info('%s: %s', kind, target / 'index.html')
     return target / 'index.html'

@@ -70,7 +70,7 @@ def _read_outputs(path: Path, labels: Sequence[str] | None) -> tuple[pd.DataFram
         empty = np.flatnonzero(df[column].isna().to_numpy())
         if len(empty):
             raise utils.InputError(f'{path}: row {empty[0] + 2}: empty "{column}"')
-    probs = df[columns].apply(pd.to_numeric, errors='coerce').to_numpy(dtype=np.float64)
+    probs = df[columns].apply(utils.numbers).to_numpy(dtype=np.float64)
     good = np.isfinite(probs) & (probs >= -TOLERANCE) & (probs <= 1 + TOLERANCE)
     if not good.all():      # float32 outputs may round a hair past 0 or 1
         bad = int(np.flatnonzero(~good.all(axis=1))[0])
@@ -142,12 +142,14 @@ def reliability_figure(table: pd.DataFrame, ece: float, title: str,
     return fig
 
 
-def location_accuracy(split: SplitResult, locations: pd.Series) -> pd.DataFrame:
-    """Top-1 accuracy per (dataset, location), worst first."""
-    df = pd.DataFrame({'path': split.paths, 'hit': split.y_true == split.y_pred})
+def location_accuracy(paths: Sequence[str], hit: np.ndarray, locations: pd.Series,
+                      name: str = 'accuracy') -> pd.DataFrame:
+    """The share of crops ``hit`` per (dataset, location) as column ``name``, with
+    the crops, worst first."""
+    df = pd.DataFrame({'path': paths, 'hit': hit})
     df['location'] = df['path'].map(locations)
     out = df.dropna(subset=['location']).groupby('location')['hit'].agg(['mean', 'size'])
-    return out.rename(columns={'mean': 'accuracy', 'size': 'crops'}).sort_values('accuracy')
+    return out.rename(columns={'mean': name, 'size': 'crops'}).sort_values(name)
 
 
 def confused_pairs(cm: np.ndarray, labels: Sequence[str], top: int = TOP_PAIRS
@@ -209,7 +211,7 @@ def split_section(split: SplitResult, labels: Sequence[str], folder: Path, thumb
     out.append('<h3>Per label</h3>' + stats.to_html(index=False, float_format='{:.3f}'.format,
                                                       na_rep='', classes='stats'))
     if locations is not None:
-        acc = location_accuracy(split, locations)
+        acc = location_accuracy(split.paths, split.y_true == split.y_pred, locations)
         if len(acc):
             out.append('<h3>Accuracy per location</h3>' + acc.to_html(
                 float_format='{:.3f}'.format, classes='stats'))
@@ -288,7 +290,7 @@ def report_from_outputs(eval_dir: str | os.PathLike[str], report_dir: str | os.P
 
 # ---------------------------------------------------------------- multi-label runs
 
-THRESHOLD = 0.5     # a label is predicted at this sigmoid or more (as metrics.py counts)
+THRESHOLD = metrics.MULTILABEL_THRESHOLD     # a label is predicted at this sigmoid or more
 
 
 @dataclass(frozen=True)
@@ -426,13 +428,11 @@ def multilabel_section(split: MultiLabelSplit, labels: Sequence[str], folder: Pa
     out.append('<h3>Per label</h3>' + stats.to_html(index=False, float_format='{:.3f}'.format,
                                                       na_rep='', classes='stats'))
     if locations is not None:
-        df = pd.DataFrame({'location': pd.Series(split.paths).map(locations).to_numpy(),
-                           'hit': (split.y_true == split.y_pred).all(axis=1)})
-        acc = df.dropna(subset=['location']).groupby('location')['hit'].agg(['mean', 'size'])
+        acc = location_accuracy(split.paths, (split.y_true == split.y_pred).all(axis=1),
+                                locations, 'exact_match')
         if len(acc):
-            acc = acc.rename(columns={'mean': 'exact_match', 'size': 'crops'})
-            out.append('<h3>Exact match per location</h3>' + acc.sort_values(
-                'exact_match').to_html(float_format='{:.3f}'.format, classes='stats'))
+            out.append('<h3>Exact match per location</h3>' + acc.to_html(
+                float_format='{:.3f}'.format, classes='stats'))
     pairs = false_alarm_pairs(split)
     if pairs:
         out.append(_pairs_table(

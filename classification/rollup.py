@@ -70,7 +70,7 @@ import csv
 import io
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -435,10 +435,10 @@ def read_allow_list(path: str | os.PathLike[str], labels: Iterable[str]) -> Allo
     return parse_allow_list_csv(text.removeprefix('\ufeff'), labels, str(path))
 
 
-def photo_location(photo: str, locations: Iterable[str]) -> str | None:
+def photo_location(photo: str, locations: Collection[str]) -> str | None:
     """The allow-list entry a photo falls under: its longest listed folder prefix,
     else ``*`` when listed, else None."""
-    keys = set(locations)
+    keys = locations
     parts = _location_key(photo).split('/')[:-1]
     for k in range(len(parts), 0, -1):
         prefix = '/'.join(parts[:k])
@@ -461,12 +461,13 @@ def _photo_folders(photos: Sequence[str] | pd.Series) -> tuple[np.ndarray, Seque
 def unused_locations(photos: Sequence[str] | pd.Series,
                      allow: Mapping[str, frozenset[str]]) -> list[str]:
     """The listed locations (``*`` aside) that no photo falls under, sorted."""
-    return _unused(_photo_folders(photos)[1], allow)
+    return _unused([photo_location(f, allow) for f in _photo_folders(photos)[1]], allow)
 
 
-def _unused(folders: Sequence[str], allow: Mapping[str, frozenset[str]]) -> list[str]:
-    used = {photo_location(f, allow) for f in folders}
-    return sorted(loc for loc in allow if loc != DEFAULT_LOCATION and loc not in used)
+def _unused(used: Iterable[str | None], allow: Mapping[str, frozenset[str]]) -> list[str]:
+    """The listed locations (``*`` aside) not among ``used``, sorted."""
+    taken = set(used)
+    return sorted(loc for loc in allow if loc != DEFAULT_LOCATION and loc not in taken)
 
 
 def log_unused_locations(photos: Sequence[str] | pd.Series,
@@ -475,7 +476,14 @@ def log_unused_locations(photos: Sequence[str] | pd.Series,
     name, then how many more), pointing out a photo folder that differs only in
     case. Returns those locations."""
     folders = _photo_folders(photos)[1]         # once: photos may be millions
-    unused = _unused(folders, allow)
+    return _log_unused(folders, [photo_location(f, allow) for f in folders], allow, limit)
+
+
+def _log_unused(folders: Sequence[str], used: Sequence[str | None],
+                allow: Mapping[str, frozenset[str]], limit: int = 20) -> list[str]:
+    """log_unused_locations of the distinct photo ``folders`` and the location
+    each falls under (``used``)."""
+    unused = _unused(used, allow)
     if not unused:
         return unused
     by_lower: dict[str, str] = {}
@@ -501,15 +509,24 @@ def apply_allow_list(probs: np.ndarray, photos: Sequence[str] | pd.Series,
     """Zeroes the labels not allowed at each row's photo's location and rescales the
     rest to sum to 1. Returns (new probabilities, rows at no listed location,
     rows left with nothing)."""
-    probs = np.array(probs, dtype=np.float64)
     codes, uniques = _photo_folders(photos)
+    located = [photo_location(f, allow) for f in uniques]
+    return _apply_allow_list(probs, codes, located, labels, allow)
+
+
+def _apply_allow_list(probs: np.ndarray, codes: np.ndarray, located: Sequence[str | None],
+                      labels: Sequence[str], allow: Mapping[str, frozenset[str]]
+                      ) -> tuple[np.ndarray, int, int]:
+    """apply_allow_list, given each row's folder (``codes``) and the location
+    each folder falls under (``located``)."""
+    probs = np.array(probs, dtype=np.float64)
     locs = sorted(allow)
     mask = np.ones((len(locs) + 1, len(labels)))          # last row: unfiltered
     for i, loc in enumerate(locs):
         mask[i] = [lab in allow[loc] for lab in labels]
     where = {loc: i for i, loc in enumerate(locs)}
-    folder_row = np.array([where.get(photo_location(f, allow) or '', len(locs))
-                           for f in uniques], dtype=np.int64)
+    folder_row = np.array([where.get(loc or '', len(locs)) for loc in located],
+                          dtype=np.int64)
     row_mask = mask[folder_row[codes]]
     unmatched = int((folder_row[codes] == len(locs)).sum())
     probs *= row_mask
@@ -517,6 +534,25 @@ def apply_allow_list(probs: np.ndarray, photos: Sequence[str] | pd.Series,
     emptied = int((total[:, 0] <= 0).sum())
     np.divide(probs, total, out=probs, where=total > 0)
     return probs, unmatched, emptied
+
+
+def filter_by_allow_list(probs: np.ndarray, photos: Sequence[str] | pd.Series,
+                         labels: Sequence[str], allow: Mapping[str, frozenset[str]]
+                         ) -> np.ndarray:
+    """apply_allow_list, with the warnings a run gives: listed locations no photo
+    falls under (log_unused_locations), crops at no listed location and crops
+    left with no allowed label. The photos' folders are located once."""
+    codes, uniques = _photo_folders(photos)
+    located = [photo_location(f, allow) for f in uniques]
+    probs, unmatched, emptied = _apply_allow_list(probs, codes, located, labels, allow)
+    _log_unused(uniques, located, allow)
+    if unmatched:
+        logger.warning('allow-list: %d crop(s) of photos at no listed location, left '
+                       'unfiltered', unmatched)
+    if emptied:
+        logger.warning('allow-list: %d crop(s) had probability only for labels not '
+                       'allowed at their location; they are left with none', emptied)
+    return probs
 
 
 # ---------------------------------------------------------------- settings

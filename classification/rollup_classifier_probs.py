@@ -76,14 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     probs = df[labels].to_numpy(dtype=np.float64)
     if args.allow_list:
         allow = rollup.read_allow_list(args.allow_list, labels)
-        probs, unmatched, emptied = rollup.apply_allow_list(probs, df['path'], labels, allow)
-        rollup.log_unused_locations(df['path'], allow)
-        if unmatched:
-            logger.warning('allow-list: %d crop(s) at no listed location, left unfiltered',
-                           unmatched)
-        if emptied:
-            logger.warning('allow-list: %d crop(s) had probability only for labels not allowed '
-                           'at their location', emptied)
+        probs = rollup.filter_by_allow_list(probs, df['path'], labels, allow)
     result = rollup.rollup(probs, lt, args.threshold, args.max_level)
     utils.write_csv(rollup.rollup_table(df['path'].tolist(), lt, result), args.output_csv)
     counts = np.bincount(result.code, minlength=3)

@@ -57,6 +57,7 @@ from detection.detector_output import (
     LABEL_ID_OFFSET,
     animal_category_ids,
     category_kind,
+    merged_with_relative_conf,
     same_file,
 )
 
@@ -244,9 +245,7 @@ def category_order(doc: Mapping[str, Any], source: str, csv_columns: bool = True
                          'merge_classification_detection_output on it first)')
     if not all(isinstance(k, str) and isinstance(v, str) and v for k, v in cats.items()):
         raise InputError(f'{source}: "classification_categories" must map ids to names')
-    info = doc.get('info')
-    meta = info.get('classifier_metadata') if isinstance(info, Mapping) else None
-    if isinstance(meta, Mapping) and meta.get('relative_conf') is True:
+    if merged_with_relative_conf(doc):
         raise InputError(f'{source}: merged with --relative-conf (its confidences are '
                          'differences from the true label\'s, not probabilities); merge '
                          'without it to combine sequences')

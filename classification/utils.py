@@ -351,6 +351,20 @@ def replace_dir(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yields a new temporary folder beside ``target`` (new_temp_dir) to build it
+    in; on success puts it in ``target``'s place (replace_dir). The temporary
+    folder never outlives the block."""
+    tmp = new_temp_dir(target)
+    try:
+        yield tmp
+        replace_dir(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def writable_dir(path: str | os.PathLike[str]) -> Path:
     """Creates the folder ``path`` if needed and checks that files can be written
     in it; OSError (EACCES, EROFS, ...) otherwise, which run_cli reports in one line."""

@@ -70,6 +70,15 @@ def category_kind(cat_id: str) -> str:
     return 'taxon' if n >= TAXON_ID_OFFSET else 'label' if n >= LABEL_ID_OFFSET else 'classifier'
 
 
+def merged_with_relative_conf(doc: Mapping[str, Any]) -> bool:
+    """Whether ``doc`` was merged with --relative-conf (its
+    ``info.classifier_metadata.relative_conf`` mark): its classifications are the
+    classes that beat the given label and by how much, not probabilities."""
+    info = doc.get('info')
+    meta = info.get('classifier_metadata') if isinstance(info, Mapping) else None
+    return isinstance(meta, Mapping) and meta.get('relative_conf') not in (None, False)
+
+
 def same_file(name: str) -> str:
     """One spelling of a photo path (``a/./b.jpg``, ``a\\b.jpg`` and ``a//b.jpg``
     name the same photo)."""
