@@ -64,6 +64,8 @@ def _read_outputs(path: Path, labels: Sequence[str] | None) -> tuple[pd.DataFram
         raise utils.InputError(f'{path}: needs "path" and "label" columns (an evaluate_model '
                                'output)')
     columns = [c for c in df.columns if c not in classifier_output.NOT_PROBABILITIES]
+    if not columns:
+        raise utils.InputError(f'{path}: no probability columns (an evaluate_model output)')
     if labels is not None and columns != list(labels):
         raise utils.InputError(f'{path}: its label columns differ from the other splits\'')
     for column in ('path', 'label'):

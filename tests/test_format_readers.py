@@ -550,6 +550,8 @@ def test_classifier_output_read_outputs(text, labelled):
 @example(text='path,label,deer,elk\na.jpg,"deer,elk",0.5,0.5\nb.jpg,,0.5,0.5\n', multilabel=True)
 @example(text='path,label,deer,elk\na.jpg,"deer, elk",0.5,0.5\n', multilabel=True)
 @example(text='path,label,deer\n,deer,0.5\n', multilabel=False)
+@example(text='path,label,weight\n', multilabel=False)
+@example(text='path,label,weight\n', multilabel=True)
 def test_evaluation_outputs_for_the_report(text, multilabel):
     """The evaluation report's readers of outputs_<split>.csv(.gz): InputError, or
     crops with true labels among the columns and probabilities from 0 to 1."""
