@@ -43,8 +43,8 @@ from data_management.megadb.base import (
     MegaDB,
     add_megadb_flags,
     open_megadb,
+    single_class_images,
 )
-from data_management.megadb.schema import image_classes
 
 logger = logging.getLogger(__name__)
 
@@ -78,38 +78,29 @@ def load_mislabeled(folder: str | os.PathLike[str] | None, dataset: str) -> dict
 def query_images(db: MegaDB, ds_to_labels: Mapping[str, Mapping[str, list[str]]],
                  mislabeled_dir: str | None = None) -> dict[str, dict[str, Any]]:
     """The queried-images dict, keyed by ``<dataset>/<path prefix>/<file>``, sorted."""
-    datasets = db.get_datasets()
     out: dict[str, dict[str, Any]] = {}
-    for ds in sorted(ds_to_labels):
-        if ds not in datasets:
-            logger.warning('dataset %s is in the taxonomy but not in the database; skipped', ds)
-            continue
+    for ds, dataset, images in single_class_images(db, ds_to_labels):
         wanted = ds_to_labels[ds]
-        prefix = datasets[ds].get('path_prefix', '').strip('/')
+        prefix = dataset.get('path_prefix', '').strip('/')
         mislabeled = load_mislabeled(mislabeled_dir, ds)
         n_removed = n_corrected = 0
-        for seq in db.query_sequences(ds, sorted(wanted)):
-            for img in seq['images']:
-                classes = image_classes(seq, img)
-                if len(classes) != 1:
+        for seq, img, cls in images:
+            file = f'{prefix}/{img["file"]}' if prefix else img['file']
+            if file in mislabeled:
+                new = mislabeled[file]
+                if new is None or new not in wanted:
+                    n_removed += 1
                     continue
-                cls = classes[0]
-                file = f'{prefix}/{img["file"]}' if prefix else img['file']
-                if file in mislabeled:
-                    new = mislabeled[file]
-                    if new is None or new not in wanted:
-                        n_removed += 1
-                        continue
-                    cls, n_corrected = new, n_corrected + 1
-                if cls not in wanted:
-                    continue
-                entry: dict[str, Any] = {'dataset': ds,
-                                         'location': seq.get('location', 'unknown_location'),
-                                         'class': cls}
-                if img.get('bbox'):
-                    entry['bbox'] = img['bbox']
-                entry['label'] = sorted(wanted[cls])
-                out[f'{ds}/{file}'] = entry
+                cls, n_corrected = new, n_corrected + 1
+            if cls not in wanted:
+                continue
+            entry: dict[str, Any] = {'dataset': ds,
+                                     'location': seq.get('location', 'unknown_location'),
+                                     'class': cls}
+            if img.get('bbox'):
+                entry['bbox'] = img['bbox']
+            entry['label'] = sorted(wanted[cls])
+            out[f'{ds}/{file}'] = entry
         if mislabeled:
             logger.info('%s: removed %d and corrected %d mislabeled images', ds, n_removed,
                         n_corrected)

@@ -55,8 +55,7 @@ from classification.taxonomy import (
     resolve_label_spec,
 )
 from classification.utils import InputError
-from data_management.megadb.base import MegaDB
-from data_management.megadb.schema import image_classes
+from data_management.megadb.base import MegaDB, single_class_images
 
 logger = logging.getLogger(__name__)
 
@@ -101,17 +100,9 @@ def count_images(db: MegaDB, tax: Taxonomy) -> dict[DatasetLabel, int]:
     wanted: dict[str, set[str]] = {}
     for ds, label in tax.dataset_labels:
         wanted.setdefault(ds, set()).add(label)
-    present = db.get_datasets()
     counts: Counter[DatasetLabel] = Counter()
-    for ds in sorted(wanted):
-        if ds not in present:
-            logger.warning('dataset %s is in the taxonomy but not in the database', ds)
-            continue
-        for seq in db.query_sequences(ds, sorted(wanted[ds])):
-            for img in seq['images']:
-                classes = image_classes(seq, img)
-                if len(classes) == 1 and classes[0] in wanted[ds]:
-                    counts[(ds, classes[0])] += 1
+    for ds, _, images in single_class_images(db, wanted):
+        counts.update((ds, cls) for _, _, cls in images if cls in wanted[ds])
     return dict(sorted(counts.items()))
 
 

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import abc
 import argparse
+import logging
 import os
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 from classification.utils import InputError
+from data_management.megadb.schema import image_classes
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MEGADB = 'megadb.sqlite'
 
@@ -69,6 +73,32 @@ class MegaDB(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+SingleClassImages = Iterator[tuple[dict[str, Any], dict[str, Any], str]]
+
+
+def single_class_images(db: MegaDB, wanted: Mapping[str, Collection[str]]
+                        ) -> Iterator[tuple[str, dict[str, Any], SingleClassImages]]:
+    """The images a label spec selects, by dataset in name order: (dataset, its
+    entry, its (sequence, image, class) for each image of a sequence holding one
+    of the dataset's ``wanted`` classes that has exactly one class, an image's
+    own class overriding its sequence's). Datasets the database lacks are logged
+    and skipped. The class may still be one not wanted (a sequence of several)."""
+    datasets = db.get_datasets()
+    for ds in sorted(wanted):
+        if ds not in datasets:
+            logger.warning('dataset %s is in the taxonomy but not in the database; skipped', ds)
+            continue
+        yield ds, datasets[ds], _single_class(db.query_sequences(ds, sorted(wanted[ds])))
+
+
+def _single_class(sequences: Iterable[dict[str, Any]]) -> SingleClassImages:
+    for seq in sequences:
+        for img in seq['images']:
+            classes = image_classes(seq, img)
+            if len(classes) == 1:
+                yield seq, img, classes[0]
 
 
 def is_cosmos_uri(uri: str) -> bool:
